@@ -1,0 +1,255 @@
+"""Attribution for native and Go processes: every resident byte of smaps into exactly one category.
+
+Pure functions over parsed mappings plus a few facts gathered at the edges (thread stack pointers, which
+devices are tmpfs, whether a 64 MiB region really is a glibc heap). The JVM module refines the result
+for JVMs; everything here is the view that needs no runtime cooperation.
+
+Rules, per mapping (each mapping's Rss is split so the categories sum exactly to smaps Rss):
+- `[stack]` and every mapping that contains a thread's stack pointer -> `thread`;
+- Go heap arenas (64 MiB-aligned arena blocks, fully reserved by the runtime) -> `heap`;
+- `[heap]`, glibc secondary heaps and any other private anonymous memory -> `native`;
+- shared memory (tmpfs/devtmpfs-less shm, /dev/shm, memfd, SysV, shared anonymous) -> `shmem`;
+- file-backed pages -> `file`; copy-on-write (Anonymous) pages inside a private file or tmpfs mapping
+  are the process's own anonymous memory (a library's .data after relocation) -> `native`.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from nativewatch.model import CATEGORIES, MemoryDetail
+from nativewatch.procfs import SPECIAL_NAMES, Mapping
+
+__all__ = [
+    "Attribution", "MappingShare", "attribute_process", "detect_runtime", "detect_allocator",
+    "GLIBC_HEAP_MAX", "GO_ARENA_BYTES",
+]
+
+# glibc: HEAP_MAX_SIZE = 2 * DEFAULT_MMAP_THRESHOLD_MAX = 64 MiB on 64-bit; heaps are aligned to it.
+GLIBC_HEAP_MAX = 64 << 20
+# Go: heapArenaBytes on linux/amd64 (and every 64-bit Linux port).
+GO_ARENA_BYTES = 64 << 20
+
+KINDS = ("brk-heap", "malloc-arena", "thread-stack", "go-heap", "anon", "file", "shmem", "special")
+
+
+@dataclass(frozen=True, slots=True)
+class MappingShare:
+    mapping: Mapping
+    kind: str
+    categories: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    runtime: str
+    categories: dict[str, int]
+    shares: tuple[MappingShare, ...]
+    detail: MemoryDetail
+    sources: tuple[str, ...]
+    problems: tuple[str, ...]
+
+    @property
+    def rss(self) -> int:
+        return sum(self.categories.values())
+
+
+def detect_allocator(mappings: Iterable[Mapping], is_go: bool) -> str:
+    names = {m.path.rsplit("/", 1)[-1] for m in mappings if m.path.startswith("/")}
+    joined = " ".join(names)
+    if "libjemalloc" in joined:
+        return "jemalloc"
+    if "libtcmalloc" in joined:
+        return "tcmalloc"
+    if "libmimalloc" in joined:
+        return "mimalloc"
+    if any(n.startswith("libc.so") or n.startswith("libc-") for n in names):
+        return "glibc"
+    if is_go:
+        return "go"
+    return "static"
+
+
+def detect_runtime(mappings: Iterable[Mapping], exe_is_go: bool) -> str:
+    for m in mappings:
+        if m.path.endswith("/libjvm.so"):
+            return "jvm"
+    return "go" if exe_is_go else "native"
+
+
+def _is_private_anon(m: Mapping) -> bool:
+    return m.is_anonymous and not m.shared and m.path not in ("[stack]",) and not m.path.startswith("[anon_shmem")
+
+
+def _is_shmem(m: Mapping, shmem_devs: frozenset[str]) -> bool:
+    p = m.path
+    if p.startswith(("/memfd:", "/SYSV", "/dev/shm/", "[anon_shmem")):
+        return True
+    if p.startswith("/dev/zero") and m.shared:
+        return True  # MAP_SHARED|MAP_ANONYMOUS is shmem-backed and shows as /dev/zero (deleted)
+    return bool(m.inode and m.dev in shmem_devs)
+
+
+def _glibc_heaps(ms: Sequence[Mapping], check: Callable[[int], bool | None] | None) -> set[int]:
+    """Indices of mappings that are glibc secondary heaps (rw part, and its PROT_NONE tail).
+
+    Shape: a private anonymous rw mapping starting on a 64 MiB boundary, followed contiguously by a
+    PROT_NONE anonymous mapping up to the next boundary (or filling it alone). A Go arena can have the
+    same shape, so when `check` can read the target's memory it decides from the heap_info header.
+    """
+    out: set[int] = set()
+    for i, m in enumerate(ms):
+        if m.start % GLIBC_HEAP_MAX or not _is_private_anon(m) or m.path or not m.perms.startswith("rw"):
+            continue
+        tail = None
+        if m.end - m.start == GLIBC_HEAP_MAX:
+            pass
+        elif m.end - m.start < GLIBC_HEAP_MAX and i + 1 < len(ms):
+            n = ms[i + 1]
+            if n.start == m.end and n.end == m.start + GLIBC_HEAP_MAX and n.perms.startswith("---") \
+                    and _is_private_anon(n) and not n.path:
+                tail = i + 1
+            else:
+                continue
+        else:
+            continue
+        verdict = check(m.start) if check is not None else None
+        if verdict is False:
+            continue
+        out.add(i)
+        if tail is not None:
+            out.add(tail)
+    return out
+
+
+def _go_arena_blocks(ms: Sequence[Mapping], exclude: set[int]) -> set[int]:
+    """64 MiB-aligned blocks fully covered by private anonymous mappings (the Go arena reservation)."""
+    covered: dict[int, int] = {}
+    for i, m in enumerate(ms):
+        if i in exclude or not _is_private_anon(m) or m.path:
+            continue
+        b = m.start - m.start % GO_ARENA_BYTES
+        while b < m.end:
+            lo, hi = max(b, m.start), min(b + GO_ARENA_BYTES, m.end)
+            covered[b] = covered.get(b, 0) + (hi - lo)
+            b += GO_ARENA_BYTES
+    return {b for b, n in covered.items() if n == GO_ARENA_BYTES}
+
+
+def _in_blocks(m: Mapping, blocks: set[int]) -> bool:
+    b = m.start - m.start % GO_ARENA_BYTES
+    while b < m.end:
+        if b not in blocks:
+            return False
+        b += GO_ARENA_BYTES
+    return True
+
+
+def _thread_stack_indices(ms: Sequence[Mapping], thread_sps: dict[int, int | None],
+                          taken: set[int]) -> tuple[set[int], int]:
+    """Mappings holding a thread's stack pointer; returns (indices, threads whose SP was unknown)."""
+    starts = [m.start for m in ms]
+    out: set[int] = set()
+    unknown = 0
+    for sp in thread_sps.values():
+        if sp is None:
+            unknown += 1
+            continue
+        i = bisect.bisect_right(starts, sp) - 1
+        if i >= 0 and ms[i].start <= sp < ms[i].end and i not in taken:
+            m = ms[i]
+            # A goroutine's stack lives in the Go heap; a JVM/Go/glibc heap is never "a thread's stack".
+            if m.path in ("[heap]",) or not (_is_private_anon(m) or m.path == "[stack]"):
+                continue
+            out.add(i)
+    return out, unknown
+
+
+def _guard_heuristic_stacks(ms: Sequence[Mapping], taken: set[int]) -> set[int]:
+    """pthread stacks whose thread SP could not be read: rw anon mapping right above a PROT_NONE guard.
+
+    glibc places the guard (default one page, at most a few) at the low end of the stack mapping.
+    Only used for threads that were running on a CPU at every read.
+    """
+    out: set[int] = set()
+    for i in range(1, len(ms)):
+        m, g = ms[i], ms[i - 1]
+        if i in taken or (i - 1) in taken:
+            continue
+        if g.end == m.start and g.perms.startswith("---") and _is_private_anon(g) and not g.path \
+                and g.size <= 64 * 1024 and _is_private_anon(m) and not m.path and m.perms.startswith("rw"):
+            out.add(i)
+    return out
+
+
+def attribute_process(mappings: Sequence[Mapping], *, is_go: bool, thread_sps: dict[int, int | None],
+                      glibc_heap_check: Callable[[int], bool | None] | None = None,
+                      shmem_devs: frozenset[str] = frozenset(), is_jvm: bool = False) -> Attribution:
+    ms = sorted(mappings, key=lambda m: m.start)
+    problems: list[str] = []
+    allocator = detect_allocator(ms, is_go)
+
+    heaps = _glibc_heaps(ms, glibc_heap_check) if allocator in ("glibc", "static") or is_go else set()
+    go_blocks = _go_arena_blocks(ms, heaps) if is_go else set()
+    go_idx = {i for i, m in enumerate(ms) if go_blocks and i not in heaps and _is_private_anon(m)
+              and not m.path and _in_blocks(m, go_blocks)}
+    stacks, unknown = _thread_stack_indices(ms, thread_sps, heaps | go_idx)
+    if unknown:
+        guessed = _guard_heuristic_stacks(ms, heaps | go_idx | stacks)
+        # Only believe the guess for JVM-less processes; JVM stacks are refined by NMT anyway.
+        if guessed:
+            stacks |= guessed
+            problems.append(f"{unknown} thread(s) running at every read: their stacks were found from "
+                            "guard pages, not stack pointers")
+
+    shares: list[MappingShare] = []
+    totals = dict.fromkeys(CATEGORIES, 0)
+    pss = swap = anon = file_backed = shmem_total = 0
+    arena_rss = 0
+    arena_count = 0
+    for i, m in enumerate(ms):
+        rss = m.rss
+        pss += m.pss
+        swap += m.swap
+        anon += m.anonymous
+        cats: dict[str, int]
+        if m.path == "[stack]" or i in stacks:
+            kind, cats = "thread-stack", {"thread": rss}
+        elif i in go_idx:
+            kind, cats = "go-heap", {"heap": rss}
+        elif m.path == "[heap]":
+            kind, cats = "brk-heap", {"native": rss}
+            if allocator in ("glibc", "static"):
+                arena_count += 1
+                arena_rss += rss
+        elif i in heaps:
+            kind, cats = "malloc-arena", {"native": rss}
+            arena_rss += rss
+            if m.perms.startswith("rw"):
+                arena_count += 1
+        elif m.path in SPECIAL_NAMES:
+            kind, cats = "special", {"file": rss}
+        elif _is_shmem(m, shmem_devs):
+            cow = min(m.anonymous, rss)
+            kind, cats = "shmem", {"shmem": rss - cow, "native": cow}
+            shmem_total += rss - cow
+        elif m.is_anonymous:
+            kind, cats = "anon", {"native": rss}
+        else:
+            cow = min(m.anonymous, rss)
+            kind, cats = "file", {"file": rss - cow, "native": cow}
+            file_backed += rss - cow
+        for c, v in cats.items():
+            totals[c] += v
+        shares.append(MappingShare(m, kind, cats))
+
+    if allocator in ("glibc", "static") and arena_count == 0 and not is_go:
+        arena_count = 1  # the main arena exists even before its first brk
+    runtime = detect_runtime(ms, is_go)
+    detail = MemoryDetail(pss_bytes=pss, swap_bytes=swap, anon_bytes=anon, file_backed_bytes=file_backed,
+                          shmem_bytes=shmem_total, malloc_arenas=arena_count,
+                          malloc_arena_rss_bytes=arena_rss, allocator=allocator)
+    return Attribution(runtime=runtime, categories=totals, shares=tuple(shares), detail=detail,
+                       sources=("smaps",), problems=tuple(problems))

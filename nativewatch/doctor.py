@@ -1,0 +1,167 @@
+"""Environment checks for `nativewatch doctor`: what works here, what is degraded, and what to do."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from dataclasses import dataclass
+
+__all__ = ["Check", "run_checks", "OK", "DEGRADED", "MISSING"]
+
+OK, DEGRADED, MISSING = "ok", "degraded", "missing"
+
+_CAPS = {"CAP_DAC_READ_SEARCH": 2, "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SYS_PTRACE": 19,
+         "CAP_SYS_ADMIN": 21, "CAP_SYS_RESOURCE": 24, "CAP_PERFMON": 38, "CAP_BPF": 39}
+_BPF_MAP_CREATE = 0
+_NR_BPF = 321  # x86_64
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+def _tracefs() -> str | None:
+    for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        if os.path.isdir(f"{p}/events"):
+            return p
+    return None
+
+
+def check_bpf_syscall() -> Check:
+    # Create (and close) a one-entry array map: proves the bpf() syscall is allowed for us.
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = (ctypes.c_uint32 * 32)()
+    attr[0], attr[1], attr[2], attr[3] = 2, 4, 4, 1  # BPF_MAP_TYPE_ARRAY, key 4, value 4, 1 entry
+    fd = libc.syscall(_NR_BPF, _BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd >= 0:
+        os.close(fd)
+        return Check("bpf syscall", OK, "bpf() map creation works")
+    err = ctypes.get_errno()
+    return Check("bpf syscall", MISSING, f"bpf() failed: {os.strerror(err)}",
+                 "run as root or grant CAP_BPF+CAP_PERFMON; check kernel.unprivileged_bpf_disabled and seccomp")
+
+
+def check_bcc() -> Check:
+    try:
+        import bcc  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any import failure means the same thing to the user
+        return Check("bcc", MISSING, f"cannot import bcc: {exc}",
+                     "apt-get install python3-bpfcc bpfcc-tools, and use a venv made with --system-site-packages")
+    return Check("bcc", OK, "python bcc module importable")
+
+
+def check_uprobes() -> Check:
+    if os.path.exists("/sys/bus/event_source/devices/uprobe/type"):
+        return Check("uprobes", OK, "uprobe PMU present (probes are file-descriptor bound, cleaned up on exit)")
+    tf = _tracefs()
+    if tf and os.path.exists(f"{tf}/uprobe_events"):
+        return Check("uprobes", DEGRADED, "only tracefs uprobe_events (probes may outlive a killed process)",
+                     "use a kernel >= 4.17 with CONFIG_UPROBE_EVENTS")
+    return Check("uprobes", MISSING, "no uprobe support: `profile` and auto-capture are unavailable",
+                 "kernel needs CONFIG_UPROBES and CONFIG_UPROBE_EVENTS")
+
+
+def check_tracefs() -> Check:
+    tf = _tracefs()
+    if tf is None:
+        return Check("tracefs", MISSING, "tracefs not mounted: tracepoints (OOM kills, page faults) unavailable",
+                     "mount -t tracefs nodev /sys/kernel/tracing")
+    missing = [tp for tp in ("exceptions/page_fault_user", "oom/mark_victim")
+               if not os.path.isdir(f"{tf}/events/{tp}")]
+    if missing:
+        return Check("tracefs", DEGRADED, f"{tf} mounted; missing tracepoints: {', '.join(missing)}",
+                     "OOM kills are then detected from cgroup memory.events/oom_control")
+    return Check("tracefs", OK, f"{tf}: exceptions:page_fault_user and oom:mark_victim available")
+
+
+def check_btf() -> Check:
+    if os.path.exists("/sys/kernel/btf/vmlinux"):
+        return Check("btf", OK, "/sys/kernel/btf/vmlinux present")
+    return Check("btf", DEGRADED, "no kernel BTF (not needed by nativewatch's uprobe/tracepoint programs)",
+                 "CONFIG_DEBUG_INFO_BTF=y kernels expose /sys/kernel/btf/vmlinux")
+
+
+def check_headers() -> Check:
+    rel = platform.release()
+    build = f"/lib/modules/{rel}/build"
+    if os.path.isdir(f"{build}/include"):
+        target = os.path.realpath(build)
+        generic = not os.path.basename(target).startswith(f"linux-headers-{rel}")
+        note = f" -> {target}" + (" (generic headers: fine for uprobe/tracepoint programs)" if generic else "")
+        return Check("kernel headers", OK, f"{build}{note}")
+    import glob
+
+    cands = sorted(glob.glob("/usr/src/linux-headers-*-amd64"))
+    fix = ("no headers for this kernel; bcc compiles probes against kernel headers. uprobe and tracepoint "
+           "programs only need generic ones: apt-get install linux-headers-amd64, then "
+           f"ln -s /usr/src/linux-headers-<ver>-amd64 {build} and ln -s /usr/src/linux-headers-<ver>-common "
+           f"/lib/modules/{rel}/source (scripts/setup.sh does this)")
+    detail = f"{build} missing" + (f"; installed: {', '.join(cands)}" if cands else "")
+    return Check("kernel headers", MISSING, detail, fix)
+
+
+def _cap_eff() -> int:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def check_capabilities() -> Check:
+    eff = _cap_eff()
+    have = [n for n, b in _CAPS.items() if eff >> b & 1]
+    lacking = [n for n, b in _CAPS.items() if not eff >> b & 1]
+    essential = {"CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"}
+    bpf_ok = (eff >> 39 & 1 and eff >> 38 & 1) or eff >> 21 & 1
+    if not lacking:
+        return Check("capabilities", OK, "all of " + ", ".join(have))
+    status = MISSING if essential & set(lacking) else DEGRADED
+    detail = f"have {', '.join(have) or 'none'}; lacking {', '.join(lacking)}"
+    if not bpf_ok:
+        detail += " (no eBPF: need CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN)"
+    return Check("capabilities", status, detail,
+                 "run as root, or grant the capabilities listed in deploy/ (each has its reason there)")
+
+
+def check_cgroup() -> Check:
+    try:
+        with open("/proc/self/mounts") as fh:
+            mounts = [ln.split() for ln in fh]
+    except OSError as exc:
+        return Check("cgroup", MISSING, f"cannot read mounts: {exc}")
+    v2 = [m[1] for m in mounts if len(m) > 2 and m[2] == "cgroup2"]
+    v1mem = [m[1] for m in mounts if len(m) > 3 and m[2] == "cgroup" and "memory" in m[3].split(",")]
+    if v1mem and v2:
+        return Check("cgroup", OK, f"hybrid: v1 memory controller at {v1mem[0]}, cgroup2 at {v2[0]}")
+    if v1mem:
+        return Check("cgroup", OK, f"v1: memory controller at {v1mem[0]}")
+    if v2:
+        return Check("cgroup", OK, f"v2 (unified) at {v2[0]}")
+    return Check("cgroup", DEGRADED, "no cgroup memory controller mounted: container limits unavailable",
+                 "mount cgroup2 at /sys/fs/cgroup (or the v1 memory controller)")
+
+
+def check_procfs() -> Check:
+    try:
+        with open("/proc/self/smaps_rollup", "rb"):
+            pass
+    except OSError as exc:
+        return Check("procfs", MISSING, f"/proc/self/smaps_rollup unreadable: {exc}", "mount procfs at /proc")
+    if not os.access("/proc/1/smaps", os.R_OK):
+        return Check("procfs", DEGRADED, "cannot read other processes' smaps",
+                     "run as root or with CAP_SYS_PTRACE; in a pod use hostPID: true")
+    return Check("procfs", OK, "smaps and smaps_rollup readable for other processes")
+
+
+def run_checks() -> list[Check]:
+    return [check_procfs(), check_capabilities(), check_bpf_syscall(), check_bcc(), check_headers(),
+            check_uprobes(), check_tracefs(), check_btf(), check_cgroup()]

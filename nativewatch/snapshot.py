@@ -1,0 +1,199 @@
+"""One process, one breakdown: read every source once, attribute, refine for JVMs, attach identity.
+
+This is the I/O edge of attribution: it gathers facts (smaps, status, thread stack pointers, mounts,
+a few bytes of the target's memory to confirm glibc heaps) and hands them to pure functions.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from dataclasses import dataclass
+
+from nativewatch import procfs
+from nativewatch.attribute import GLIBC_HEAP_MAX, Attribution, attribute_process
+from nativewatch.errors import AccessDenied, ProcessGone
+from nativewatch.gobin import is_go_exe
+from nativewatch.model import Breakdown, ContainerInfo
+
+__all__ = ["take_snapshot", "ProcessFacts", "gather_facts", "shmem_devices", "parse_mountinfo_shmem"]
+
+_SHMEM_FSTYPES = {"tmpfs", "ramfs", "hugetlbfs", "devtmpfs"}
+
+
+def parse_mountinfo_shmem(data: bytes) -> frozenset[str]:
+    """smaps-style device ids ("00:1a", hex) of every tmpfs-like mount in a mountinfo file."""
+    devs: set[str] = set()
+    for line in data.decode("utf-8", "replace").splitlines():
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        fields = left.split()
+        rtoks = right.split()
+        if len(fields) < 3 or not rtoks or rtoks[0] not in _SHMEM_FSTYPES:
+            continue
+        major, _, minor = fields[2].partition(":")
+        try:
+            devs.add(f"{int(major):02x}:{int(minor):02x}")
+        except ValueError:
+            continue
+    return frozenset(devs)
+
+
+def shmem_devices(pid: int, proc_root: str = "/proc") -> frozenset[str]:
+    try:
+        return parse_mountinfo_shmem(procfs.read_file(pid, "mountinfo", proc_root))
+    except (AccessDenied, OSError):
+        return frozenset()
+
+
+class _HeapChecker:
+    """Confirms a 64 MiB-aligned region is a glibc heap by reading its heap_info header.
+
+    glibc's heap_info starts {ar_ptr, prev, size, mprotect_size}; mprotect_size is the length of the
+    read-write part, which smaps shows as the mapping's size. Reading needs ptrace-read access; when
+    it is refused the structural guess stands (returns None).
+    """
+
+    def __init__(self, pid: int, proc_root: str, rw_sizes: dict[int, int]) -> None:
+        self.path = f"{proc_root}/{pid}/mem"
+        self.rw_sizes = rw_sizes
+        self.fd: int | None = None
+        self.failed = False
+
+    def __call__(self, start: int) -> bool | None:
+        if self.failed:
+            return None
+        try:
+            if self.fd is None:
+                self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            raw = os.pread(self.fd, 32, start)
+        except OSError:
+            self.failed = True
+            return None
+        if len(raw) < 32:
+            return None
+        ar_ptr, _prev, size, mprotect_size = struct.unpack("<4Q", raw)
+        rw = self.rw_sizes.get(start, 0)
+        return bool(ar_ptr) and 0 < size <= mprotect_size <= GLIBC_HEAP_MAX and mprotect_size == rw
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+@dataclass(slots=True)
+class ProcessFacts:
+    pid: int
+    status: procfs.Status
+    comm: str
+    cmdline: list[str]
+    smaps: procfs.SmapsResult
+    attribution: Attribution
+    cgroup_text: str
+
+
+def gather_facts(pid: int, proc_root: str = "/proc") -> ProcessFacts:
+    status = procfs.read_status(pid, proc_root)
+    comm = procfs.read_comm(pid, proc_root)
+    cmdline = procfs.read_cmdline(pid, proc_root)
+    smaps = procfs.read_smaps(pid, proc_root)
+    if not smaps.mappings and status.vmrss_bytes == 0:
+        # Kernel threads and zombies: nothing mapped, nothing resident.
+        pass
+    try:
+        sps = procfs.thread_stack_pointers(pid, proc_root)
+    except AccessDenied:
+        sps = {}
+    is_go = is_go_exe(pid, proc_root)
+    rw_sizes = {m.start: m.size for m in smaps.mappings if m.start % GLIBC_HEAP_MAX == 0}
+    checker = _HeapChecker(pid, proc_root, rw_sizes)
+    try:
+        attribution = attribute_process(smaps.mappings, is_go=is_go, thread_sps=sps,
+                                        glibc_heap_check=checker,
+                                        shmem_devs=shmem_devices(pid, proc_root))
+    finally:
+        checker.close()
+    try:
+        cgroup_text = procfs.read_file(pid, "cgroup", proc_root).decode("utf-8", "replace")
+    except (AccessDenied, OSError):
+        cgroup_text = ""
+    problems = list(attribution.problems) + list(smaps.problems[:5])
+    if sps == {} and status.threads:
+        problems.append("thread stack pointers unreadable (needs CAP_SYS_PTRACE): stacks found from layout")
+    if problems != list(attribution.problems):
+        attribution = Attribution(attribution.runtime, attribution.categories, attribution.shares,
+                                  attribution.detail, attribution.sources, tuple(problems))
+    return ProcessFacts(pid, status, comm, cmdline, smaps, attribution, cgroup_text)
+
+
+def container_of(cgroup_text: str) -> ContainerInfo | None:
+    if not cgroup_text:
+        return None
+    try:
+        from nativewatch.cgroup import container_identity, parse_proc_cgroup
+    except ImportError:  # lands with the cgroup source
+        return None
+    return container_identity(parse_proc_cgroup(cgroup_text))
+
+
+def take_snapshot(pid: int, *, proc_root: str = "/proc", jvm: bool = True, jvm_timeout_s: float = 5.0,
+                  with_sites: bool = True) -> Breakdown:
+    """Breakdown of one process. Raises ProcessGone / AccessDenied for the caller to report."""
+    facts = gather_facts(pid, proc_root)
+    att = facts.attribution
+    categories = dict(att.categories)
+    sources = list(att.sources)
+    problems = list(att.problems)
+    nmt = None
+    if att.runtime == "jvm" and jvm:
+        from nativewatch.jvm.attribute import attribute_jvm
+
+        jres = attribute_jvm(pid, facts.smaps.mappings, att, proc_root=proc_root, timeout_s=jvm_timeout_s)
+        categories = dict(jres.categories)
+        sources = list(jres.sources)
+        problems += list(jres.problems)
+        nmt = jres.nmt
+    bd = Breakdown(
+        pid=pid,
+        comm=facts.comm or facts.status.name,
+        runtime=att.runtime,
+        rss_bytes=facts.smaps.rss,
+        categories=categories,
+        threads=facts.status.threads,
+        sources=sources,
+        container=container_of(facts.cgroup_text),
+        detail=att.detail,
+        cmdline=facts.cmdline,
+        nspid=facts.status.nspid,
+        timestamp=time.time(),
+        problems=problems,
+        nmt=nmt,
+    )
+    if with_sites:
+        sites = _running_sites(pid)
+        if sites is not None:
+            bd.extra["top_sites"] = sites
+            bd.sources.append("bpf")
+    return bd
+
+
+def _running_sites(pid: int) -> list[dict] | None:
+    try:
+        from nativewatch.malloc_profile.state import running_top_sites
+    except ImportError:
+        return None
+    try:
+        return running_top_sites(pid)
+    except OSError:
+        return None
+
+
+def snapshot_or_none(pid: int, **kwargs) -> Breakdown | None:
+    """For scans: a process that exits mid-read is skipped quietly."""
+    try:
+        return take_snapshot(pid, **kwargs)
+    except ProcessGone:
+        return None

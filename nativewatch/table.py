@@ -1,0 +1,109 @@
+"""Plain-text tables of breakdowns (the non-interactive `top` and `snapshot` views)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from nativewatch.model import CATEGORIES, Breakdown
+from nativewatch.units import human_bytes
+
+__all__ = ["process_table", "container_rows", "ContainerRow", "container_table", "snapshot_text", "short"]
+
+_SHORT = {"heap": "HEAP", "metaspace": "META", "thread": "THREAD", "direct": "DIRECT", "code": "CODE",
+          "gc": "GC", "runtime": "RUNTIME", "native": "NATIVE", "file": "FILE", "shmem": "SHMEM"}
+
+
+def short(n: int) -> str:
+    """Compact size for table cells: 4 significant characters plus a unit letter."""
+    v = float(n)
+    for unit in ("B", "K", "M", "G", "T"):
+        if v < 1024 or unit == "T":
+            return f"{int(v)}{unit}" if unit == "B" else (f"{v:.1f}{unit}" if v < 100 else f"{v:.0f}{unit}")
+        v /= 1024
+    return str(n)
+
+
+def _render(headers: list[str], rows: list[list[str]], right: set[int]) -> str:
+    widths = [len(h) for h in headers]
+    for r in rows:
+        for i, c in enumerate(r):
+            widths[i] = max(widths[i], len(c))
+    lines = []
+    for r in [headers, *rows]:
+        cells = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(r)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def process_table(bds: Sequence[Breakdown]) -> str:
+    headers = ["PID", "COMM", "RUNTIME", "RSS", *[_SHORT[c] for c in CATEGORIES], "THR", "CONTAINER"]
+    rows = []
+    for b in bds:
+        cid = b.container.id[:12] if b.container else "-"
+        rows.append([str(b.pid), b.comm[:16], b.runtime, short(b.rss_bytes),
+                     *[short(b.categories.get(c, 0)) for c in CATEGORIES], str(b.threads), cid])
+    return _render(headers, rows, right=set(range(3, 3 + 1 + len(CATEGORIES) + 1)) | {0})
+
+
+@dataclass(slots=True)
+class ContainerRow:
+    container_id: str
+    runtime: str
+    pod_uid: str | None
+    pids: list[int]
+    rss_bytes: int
+    categories: dict[str, int]
+
+
+def container_rows(bds: Sequence[Breakdown]) -> list[ContainerRow]:
+    """Sum process breakdowns per container (processes outside containers group under "host")."""
+    groups: dict[str, ContainerRow] = {}
+    for b in bds:
+        key = b.container.id if b.container else "host"
+        row = groups.get(key)
+        if row is None:
+            row = ContainerRow(key, b.container.runtime if b.container else "-",
+                               b.container.pod_uid if b.container else None, [], 0, dict.fromkeys(CATEGORIES, 0))
+            groups[key] = row
+        row.pids.append(b.pid)
+        row.rss_bytes += b.rss_bytes
+        for c in CATEGORIES:
+            row.categories[c] += b.categories.get(c, 0)
+    return list(groups.values())
+
+
+def container_table(rows: Sequence[ContainerRow]) -> str:
+    headers = ["CONTAINER", "RUNTIME", "POD", "PROCS", "RSS", *[_SHORT[c] for c in CATEGORIES]]
+    out = []
+    for r in rows:
+        out.append([r.container_id[:12], r.runtime, (r.pod_uid or "-")[:36], str(len(r.pids)),
+                    short(r.rss_bytes), *[short(r.categories[c]) for c in CATEGORIES]])
+    return _render(headers, out, right=set(range(3, 5 + len(CATEGORIES))))
+
+
+def snapshot_text(b: Breakdown) -> str:
+    lines = [f"pid {b.pid} ({b.comm})  runtime {b.runtime}  threads {b.threads}",
+             f"RSS {human_bytes(b.rss_bytes)}  PSS {human_bytes(b.detail.pss_bytes)}  "
+             f"swap {human_bytes(b.detail.swap_bytes)}  anon {human_bytes(b.detail.anon_bytes)}  "
+             f"allocator {b.detail.allocator} ({b.detail.malloc_arenas} arenas, "
+             f"{human_bytes(b.detail.malloc_arena_rss_bytes)} resident)"]
+    if b.container:
+        lines.append(f"container {b.container.id[:12]} ({b.container.runtime})  pod {b.container.pod_uid or '-'}  "
+                     f"qos {b.container.qos or '-'}")
+    lines.append("")
+    total = b.rss_bytes or 1
+    for c in CATEGORIES:
+        v = b.categories.get(c, 0)
+        bar = "#" * round(30 * v / total)
+        lines.append(f"  {c:<10} {human_bytes(v):>12}  {100 * v / total:5.1f}%  {bar}")
+    lines.append(f"\nsources: {', '.join(b.sources)}")
+    for p in b.problems:
+        lines.append(f"note: {p}")
+    sites = b.extra.get("top_sites")
+    if sites:
+        lines.append("\ntop native sites (live profile):")
+        for s in sites[:10]:
+            frames = s.get("frames") or ["?"]
+            lines.append(f"  {human_bytes(s.get('outstanding_bytes', 0)):>12}  {frames[0]}")
+    return "\n".join(lines)
