@@ -1,0 +1,3 @@
+module goholdings
+
+go 1.19
