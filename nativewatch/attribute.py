@@ -124,27 +124,30 @@ def _glibc_heaps(ms: Sequence[Mapping], check: Callable[[int], bool | None] | No
     return out
 
 
-def _go_arena_blocks(ms: Sequence[Mapping], exclude: set[int]) -> set[int]:
-    """64 MiB-aligned blocks fully covered by private anonymous mappings (the Go arena reservation)."""
-    covered: dict[int, int] = {}
+def _go_arena_indices(ms: Sequence[Mapping], exclude: set[int]) -> set[int]:
+    """Mappings of the Go heap: runs of contiguous private anonymous mappings that start and end on
+    64 MiB arena boundaries (the runtime reserves whole arenas, then maps used parts read-write).
+
+    The runtime's other big reservations (page-allocator summaries, arena index) are not
+    arena-aligned, and a glibc heap (same shape) has been excluded by the caller.
+    """
+    out: set[int] = set()
+    run: list[int] = []
+
+    def close() -> None:
+        if run and ms[run[0]].start % GO_ARENA_BYTES == 0 and ms[run[-1]].end % GO_ARENA_BYTES == 0 \
+                and any(ms[i].perms.startswith("rw") for i in run):
+            out.update(run)
+
     for i, m in enumerate(ms):
-        if i in exclude or not _is_private_anon(m) or m.path:
+        eligible = i not in exclude and _is_private_anon(m) and not m.path
+        if eligible and run and ms[run[-1]].end == m.start:
+            run.append(i)
             continue
-        b = m.start - m.start % GO_ARENA_BYTES
-        while b < m.end:
-            lo, hi = max(b, m.start), min(b + GO_ARENA_BYTES, m.end)
-            covered[b] = covered.get(b, 0) + (hi - lo)
-            b += GO_ARENA_BYTES
-    return {b for b, n in covered.items() if n == GO_ARENA_BYTES}
-
-
-def _in_blocks(m: Mapping, blocks: set[int]) -> bool:
-    b = m.start - m.start % GO_ARENA_BYTES
-    while b < m.end:
-        if b not in blocks:
-            return False
-        b += GO_ARENA_BYTES
-    return True
+        close()
+        run = [i] if eligible else []
+    close()
+    return out
 
 
 def _thread_stack_indices(ms: Sequence[Mapping], thread_sps: dict[int, int | None],
@@ -192,9 +195,7 @@ def attribute_process(mappings: Sequence[Mapping], *, is_go: bool, thread_sps: d
     allocator = detect_allocator(ms, is_go)
 
     heaps = _glibc_heaps(ms, glibc_heap_check) if allocator in ("glibc", "static") or is_go else set()
-    go_blocks = _go_arena_blocks(ms, heaps) if is_go else set()
-    go_idx = {i for i, m in enumerate(ms) if go_blocks and i not in heaps and _is_private_anon(m)
-              and not m.path and _in_blocks(m, go_blocks)}
+    go_idx = _go_arena_indices(ms, heaps) if is_go else set()
     stacks, unknown = _thread_stack_indices(ms, thread_sps, heaps | go_idx)
     if unknown:
         guessed = _guard_heuristic_stacks(ms, heaps | go_idx | stacks)
