@@ -164,43 +164,76 @@ def _parse_kb_field(line: bytes) -> tuple[str, int] | None:
     return key.strip().decode("ascii", "replace"), value
 
 
+_KEYS: dict[bytes, str] = {}
+
+
+def _key(raw: bytes) -> str:
+    k = _KEYS.get(raw)
+    if k is None:
+        k = raw.strip().decode("ascii", "replace")
+        if len(_KEYS) < 256:  # field names are a small fixed set; never let a target grow this
+            _KEYS[raw] = k
+    return k
+
+
+# A line that is neither "Key: N [kB]" nor "VmFlags: ..." inside a mapping's block.
 def parse_smaps(data: bytes) -> SmapsResult:
-    """Parse /proc/PID/smaps. Unknown or broken lines become problems, never exceptions."""
+    """Parse /proc/PID/smaps. Unknown or broken lines become problems, never exceptions.
+
+    The loop is the hot path of every scan (~25 lines per mapping), so the common "Key:   N kB" line
+    is handled inline before any other line shape is tried.
+    """
     mappings: list[Mapping] = []
     problems: list[str] = []
     cur: Mapping | None = None
     fields: dict[str, int] = {}
     vmflags: tuple[str, ...] = ()
-
-    def flush() -> None:
-        if cur is not None:
-            mappings.append(Mapping(cur.start, cur.end, cur.perms, cur.offset, cur.dev, cur.inode, cur.path,
-                                    fields, vmflags))
+    append = mappings.append
+    keys = _KEYS
 
     for lineno, line in enumerate(data.split(b"\n"), 1):
-        if not line.strip():
+        if line.endswith(b" kB"):
+            key, sep, rest = line.partition(b":")
+            if sep and cur is not None:
+                try:
+                    value = int(rest[:-3])
+                except ValueError:
+                    value = -1
+                if value >= 0:
+                    k = keys.get(key)
+                    fields[k if k is not None else _key(key)] = value * 1024
+                    continue
+            problems.append(f"line {lineno}: unreadable field" if cur is not None
+                            else f"line {lineno}: field outside a mapping")
+            continue
+        if not line:
             continue
         if line.startswith(b"VmFlags:"):
             vmflags = tuple(t.decode("ascii", "replace") for t in line[8:].split())
             continue
         if _is_header(line):
-            flush()
+            if cur is not None:
+                append(Mapping(cur.start, cur.end, cur.perms, cur.offset, cur.dev, cur.inode, cur.path,
+                               fields, vmflags))
             cur = _parse_header(line)
             fields, vmflags = {}, ()
             if cur is None:
                 problems.append(f"line {lineno}: bad mapping header")
             continue
         if cur is None:
-            problems.append(f"line {lineno}: field outside a mapping")
+            if line.strip():
+                problems.append(f"line {lineno}: field outside a mapping")
             continue
         kv = _parse_kb_field(line)
         if kv is None:
             # THPeligible / ProtectionKey are unitless numbers; anything else odd is a problem.
-            problems.append(f"line {lineno}: unreadable field")
+            if line.strip():
+                problems.append(f"line {lineno}: unreadable field")
             continue
         fields[kv[0]] = kv[1]
-    flush()
-    if mappings and len(problems) > 50:
+    if cur is not None:
+        append(Mapping(cur.start, cur.end, cur.perms, cur.offset, cur.dev, cur.inode, cur.path, fields, vmflags))
+    if len(problems) > 50:
         problems = problems[:50] + [f"... {len(problems) - 50} more"]
     return SmapsResult(tuple(mappings), tuple(problems))
 
