@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from nativewatch import procfs
 from nativewatch.attribute import GLIBC_HEAP_MAX, Attribution, attribute_process
+from nativewatch.cgroup import container_identity, parse_proc_cgroup
 from nativewatch.errors import AccessDenied, ProcessGone
 from nativewatch.gobin import is_go_exe
 from nativewatch.model import Breakdown, ContainerInfo
@@ -131,10 +132,6 @@ def gather_facts(pid: int, proc_root: str = "/proc") -> ProcessFacts:
 
 def container_of(cgroup_text: str) -> ContainerInfo | None:
     if not cgroup_text:
-        return None
-    try:
-        from nativewatch.cgroup import container_identity, parse_proc_cgroup
-    except ImportError:  # lands with the cgroup source
         return None
     return container_identity(parse_proc_cgroup(cgroup_text))
 
