@@ -1,0 +1,562 @@
+"""JVM refinement of the native attribution: resident bytes per JVM category, summing exactly to Rss.
+
+Three paths, best first (`sources` says which one ran):
+1. NMT detail ("smaps","nmt-detail") or, on JDK 21+ with NMT summary, System.map ("smaps","nmt-summary",
+   "system-map"): every committed NMT region is intersected with smaps. A mapping covered by one NMT
+   category gives it its whole Rss. When one VMA holds several NMT regions (the kernel merges adjacent
+   anonymous VMAs with equal flags, e.g. code cache next to GC bitmaps), smaps has only the VMA total,
+   so the present pages of each part are counted in /proc/PID/pagemap and the VMA's Rss is split in
+   that ratio (largest remainder, so the parts sum to the VMA's Rss exactly). Without pagemap access the
+   split falls back to committed sizes and a problem says so.
+2. NMT summary only ("smaps","nmt-summary"): what smaps can prove is placed exactly - the Java heap and
+   the compressed class space are the runs of contiguous anonymous mappings whose span equals their
+   NMT reserved size - and the remaining NMT mmap figures join the malloc split below (capped by what
+   is resident).
+3. NMT off or attach impossible ("smaps","hsperfdata"): the heap and class-space reservations are found
+   the same way from hsperfdata's max capacities; everything else keeps the native view.
+
+Malloc split (DESIGN.md): glibc arenas, the brk heap, and private anonymous memory no NMT region covers
+(glibc serves large malloc() requests, e.g. direct buffers, with their own mmaps) form the malloc pool.
+NMT's malloc-backed figure per category (committed - mmap committed: malloc + arena + tracking
+overhead) is taken from that pool; what is left stays `native` (JNI, fragmentation, allocator slack).
+If NMT's figures exceed the pool they are scaled down to fit, so the sum always equals Rss.
+
+NMT -> DESIGN categories: Java Heap -> heap; Class, Metaspace, Shared class space (CDS archives hold
+class metadata) -> metaspace; Thread, Thread Stack -> thread; Other -> direct (JDK >= 11; on JDK 8,
+with no "Other", Internal held direct buffers -> direct); Code -> code; GC, GCCardSet -> gc; the
+rest -> runtime.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nativewatch.attribute import Attribution, MappingShare
+from nativewatch.errors import AccessDenied, NativewatchError, ProcessGone
+from nativewatch.jvm import attach, hsperf, nmt
+from nativewatch.model import CATEGORIES
+from nativewatch.procfs import Mapping
+
+__all__ = ["JvmAttribution", "attribute_jvm", "design_category", "apportion", "split_by_regions",
+           "find_reservation", "nmt_baseline", "nmt_diff", "fetch_nmt", "NmtFetch"]
+
+PAGE = 4096
+POOL_KINDS = ("malloc-arena", "brk-heap", "anon")
+PAGEMAP_MAX_PAGES = 8 << 20  # 64 MiB of pagemap entries = 32 GiB of mixed mappings; beyond, use sizes
+_MMAP_ONLY = ("Java Heap", "Shared class space", "Thread Stack")
+
+
+@dataclass(frozen=True, slots=True)
+class JvmAttribution:
+    categories: dict[str, int]
+    sources: list[str]
+    nmt: dict[str, Any] | None
+    problems: list[str] = field(default_factory=list)
+
+
+def design_category(nmt_name: str, *, has_other: bool = True) -> str:
+    n = nmt_name.strip()
+    if n == "Java Heap":
+        return "heap"
+    if n in ("Class", "Metaspace", "Shared class space"):
+        return "metaspace"
+    if n in ("Thread", "Thread Stack"):
+        return "thread"
+    if n == "Other":
+        return "direct"
+    if n == "Internal":
+        return "runtime" if has_other else "direct"
+    if n == "Code":
+        return "code"
+    if n in ("GC", "GCCardSet"):
+        return "gc"
+    return "runtime"
+
+
+def apportion(total: int, weights: Sequence[int]) -> list[int]:
+    """Split `total` in proportion to `weights` (largest remainder): parts sum to `total` exactly."""
+    if total <= 0 or not weights:
+        return [0] * len(weights)
+    ws = [max(0, w) for w in weights]
+    s = sum(ws)
+    if s == 0:
+        ws = [1] * len(ws)
+        s = len(ws)
+    base = [total * w // s for w in ws]
+    rem = total - sum(base)
+    order = sorted(range(len(ws)), key=lambda i: (-(total * ws[i] % s), i))
+    for i in order[:rem]:
+        base[i] += 1
+    return base
+
+
+Region = tuple[int, int, str]  # [start, end) and the raw NMT category name
+
+
+def split_by_regions(m: Mapping, regions: Sequence[Region],
+                     present: Callable[[int, int], int | None] | None) -> tuple[dict[str | None, int], bool]:
+    """Split one mapping's Rss between the NMT regions inside it and the uncovered rest (key None).
+
+    `regions` must be sorted and non-overlapping. Returns (parts, exact) where exact says the split
+    came from counted pages (or needed none) rather than from sizes.
+    """
+    rss = m.rss
+    parts: list[tuple[int, int, str | None]] = []
+    cur = m.start
+    for s, e, name in regions:
+        lo, hi = max(s, m.start), min(e, m.end)
+        if hi <= lo:
+            continue
+        if lo > cur:
+            parts.append((cur, lo, None))
+        parts.append((lo, hi, name))
+        cur = hi
+    if cur < m.end:
+        parts.append((cur, m.end, None))
+    keys = {p[2] for p in parts}
+    if len(keys) <= 1:
+        return {parts[0][2] if parts else None: rss}, True
+    weights: list[int] | None = None
+    exact = False
+    if present is not None and rss > 0:
+        counted = [present(lo, hi) for lo, hi, _ in parts]
+        if all(c is not None for c in counted) and sum(c for c in counted if c) > 0:
+            weights = [c or 0 for c in counted]
+            exact = True
+    if weights is None:
+        weights = [hi - lo for lo, hi, name in parts]
+    out: dict[str | None, int] = {}
+    for (_, _, name), v in zip(parts, apportion(rss, weights), strict=True):
+        out[name] = out.get(name, 0) + v
+    return out, exact
+
+
+def find_reservation(shares: Sequence[MappingShare], size: int) -> tuple[int, int] | None:
+    """The unique run of contiguous private anonymous mappings spanning exactly `size` bytes."""
+    if size <= 0:
+        return None
+    ms = [s.mapping for s in shares]
+    found: list[tuple[int, int]] = []
+    for i, m in enumerate(ms):
+        if not _plain_anon(m):
+            continue
+        end = m.end
+        j = i
+        while end - m.start < size and j + 1 < len(ms) and ms[j + 1].start == end and _plain_anon(ms[j + 1]):
+            j += 1
+            end = ms[j].end
+        if end - m.start == size:
+            found.append((m.start, end))
+    return found[0] if len(found) == 1 else None
+
+
+def _plain_anon(m: Mapping) -> bool:
+    return m.is_anonymous and not m.shared and m.path in ("",) and m.inode == 0
+
+
+class _Pagemap:
+    """Counts present pages of address ranges in /proc/PID/pagemap (bit 63 = present)."""
+
+    def __init__(self, pid: int, proc_root: str) -> None:
+        self.path = f"{proc_root}/{pid}/pagemap"
+        self.fd: int | None = None
+        self.failed = False
+        self.pages_read = 0
+
+    def __call__(self, start: int, end: int) -> int | None:
+        if self.failed:
+            return None
+        npages = (end - start + PAGE - 1) // PAGE
+        if self.pages_read + npages > PAGEMAP_MAX_PAGES:
+            return None
+        try:
+            if self.fd is None:
+                self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            raw = os.pread(self.fd, npages * 8, (start // PAGE) * 8)
+        except OSError:
+            self.failed = True
+            return None
+        self.pages_read += npages
+        present = 0
+        mv = memoryview(raw)
+        # Bit 63 is the top bit of the little-endian u64's last byte.
+        for i in range(7, len(raw), 8):
+            if mv[i] & 0x80:
+                present += 1
+        return present * PAGE
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+@dataclass(frozen=True, slots=True)
+class NmtFetch:
+    report: nmt.NmtReport | None
+    regions: tuple[Region, ...] | None
+    level: str  # "detail" | "summary" | "off" | "unavailable"
+    region_source: str | None  # "nmt-detail" | "system-map" | None
+    version: str | None
+    problems: tuple[str, ...]
+
+
+def _jdk_version(pid: int, proc_root: str) -> tuple[str | None, hsperf.PerfData | None]:
+    try:
+        pd = hsperf.read_hsperfdata(pid, proc_root)
+    except (AccessDenied, OSError, NativewatchError):
+        return None, None
+    if pd is None:
+        return None, None
+    return pd.str_value("java.property.java.vm.version"), pd
+
+
+def _major(version: str | None) -> int | None:
+    if not version:
+        return None
+    head = version.split("+")[0].split("-")[0]
+    parts = head.split(".")
+    try:
+        major = int(parts[0])
+        return int(parts[1]) if major == 1 and len(parts) > 1 else major
+    except ValueError:
+        return None
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.05, deadline - time.monotonic())
+
+
+def fetch_nmt(pid: int, proc_root: str = "/proc", timeout_s: float = 5.0,
+              version: str | None = None) -> NmtFetch:
+    """Ask the JVM for NMT detail (one attach); fall back to summary (+ System.map on JDK 21+)."""
+    deadline = time.monotonic() + timeout_s
+    problems: list[str] = []
+    try:
+        text = attach.jcmd(pid, "VM.native_memory detail", proc_root=proc_root, timeout_s=_remaining(deadline))
+    except attach.NotAttachable as exc:
+        return NmtFetch(None, None, "unavailable", None, version, (f"attach not possible: {exc}",))
+    except attach.AttachError as exc:
+        return NmtFetch(None, None, "unavailable", None, version, (f"attach failed: {exc}",))
+    if nmt.nmt_disabled(text):
+        return NmtFetch(None, None, "off", None, version, ("native memory tracking is not enabled "
+                                                           "(-XX:NativeMemoryTracking=summary|detail)",))
+    if "Virtual memory map" in text:
+        report = nmt.parse_summary(text)
+        vmap = nmt.parse_detail_regions(text)
+        problems += [f"nmt: {p}" for p in report.problems[:5]] + [f"nmt detail: {p}" for p in vmap.problems[:5]]
+        regions = tuple((s, e, r.category) for r in vmap.regions for s, e in r.committed)
+        return NmtFetch(report, regions, "detail", "nmt-detail", version, tuple(problems))
+    try:
+        text = attach.jcmd(pid, "VM.native_memory summary", proc_root=proc_root,
+                           timeout_s=_remaining(deadline))
+    except attach.AttachError as exc:
+        return NmtFetch(None, None, "unavailable", None, version, (f"attach failed: {exc}",))
+    report = nmt.parse_summary(text)
+    if not report.enabled:
+        return NmtFetch(None, None, "off", None, version, ("native memory tracking is not enabled",))
+    problems += [f"nmt: {p}" for p in report.problems[:5]]
+    major = _major(version)
+    regions: tuple[Region, ...] | None = None
+    source = None
+    if major is None or major >= 21:
+        try:
+            smtext = attach.jcmd(pid, "System.map", proc_root=proc_root, timeout_s=_remaining(deadline))
+        except attach.AttachError as exc:
+            if major is not None:
+                problems.append(f"System.map unavailable: {str(exc)[:200]}")
+        else:
+            sm = nmt.parse_system_map(smtext)
+            regs = _system_map_regions(sm, report)
+            if regs:
+                regions, source = regs, "system-map"
+            problems += [f"System.map: {p}" for p in sm.problems[:5]]
+    return NmtFetch(report, regions, "summary", source, version, tuple(problems))
+
+
+def _system_map_regions(sm: nmt.SystemMap, report: nmt.NmtReport) -> tuple[Region, ...]:
+    """One region per tagged VMA; a VMA with several tags is cut in the ratio of the categories'
+    mmap committed figures (System.map names the tags, not where each one starts)."""
+    out: list[Region] = []
+    for e in sm.entries:
+        if not e.category:
+            continue
+        tags = [t for t in e.tag.split(",") if t]
+        cats = []
+        for t in tags:
+            key = "STACK" if t.startswith("STACK-") else t
+            c = nmt.SYSTEM_MAP_TAGS.get(key)
+            if c and c not in cats:
+                cats.append(c)
+        if len(cats) <= 1:
+            out.append((e.start, e.end, e.category))
+            continue
+        weights = []
+        for c in cats:
+            cat = report.category(c)
+            weights.append(cat.mmap_committed_bytes if cat else 0)
+        pages = apportion((e.end - e.start) // PAGE, weights)
+        cur = e.start
+        for c, n in zip(cats, pages, strict=True):
+            if n:
+                out.append((cur, cur + n * PAGE, c))
+                cur += n * PAGE
+    out.sort()
+    clean: list[Region] = []
+    for r in out:
+        if clean and r[0] < clean[-1][1]:
+            continue
+        clean.append(r)
+    return tuple(clean)
+
+
+def _internal_is_direct(report: nmt.NmtReport, version: str | None) -> bool:
+    """JDK 8 tracked direct buffers under "Internal"; JDK 9+ under "Other" (absent while empty, since
+    the report omits categories under 1 KB, so look at the version or at 9+-only categories)."""
+    major = _major(version)
+    if major is not None:
+        return major < 9
+    if report.category("Other") is not None:
+        return False
+    newer = ("Module", "Logging", "Arguments", "Synchronization", "Synchronizer", "Metaspace", "Safepoint",
+             "Serviceability", "Shared class space", "GCCardSet", "Metaspace")
+    return not any(report.category(n) for n in newer)
+
+
+def _nmt_json(report: nmt.NmtReport, fetch: NmtFetch, source: str,
+              resident: dict[str, int], has_other: bool) -> dict[str, Any]:
+    resident = dict(resident)
+    if "Thread Stack" in resident:
+        resident["Thread"] = resident.get("Thread", 0) + resident.pop("Thread Stack")
+    out = report.to_json()
+    out["version"] = fetch.version
+    out["source"] = source
+    out["level"] = fetch.level
+    for name, c in out["categories"].items():
+        c["design_category"] = design_category(name, has_other=has_other)
+        c["resident_bytes"] = resident.get(name, 0)
+    return out
+
+
+def _sorted_regions(regions: Sequence[Region]) -> list[Region]:
+    out: list[Region] = []
+    for r in sorted(regions):
+        if r[1] <= r[0]:
+            continue
+        if out and r[0] < out[-1][1]:
+            continue
+        out.append(r)
+    return out
+
+
+def _regions_in(regions: list[Region], starts: list[int], m: Mapping) -> list[Region]:
+    import bisect
+
+    i = max(0, bisect.bisect_right(starts, m.start) - 1)
+    out = []
+    while i < len(regions) and regions[i][0] < m.end:
+        if regions[i][1] > m.start:
+            out.append(regions[i])
+        i += 1
+    return out
+
+
+def _refine(base: Attribution, regions: Sequence[Region], present: Callable[[int, int], int | None] | None,
+            malloc_weights: dict[str, int],
+            has_other: bool) -> tuple[dict[str, int], dict[str, int], bool, int]:
+    """Pure core: (DESIGN categories, resident bytes per raw NMT name, all splits exact, bytes by which
+    the malloc-backed figures exceeded the malloc pool and were scaled down)."""
+    regs = _sorted_regions(regions)
+    starts = [r[0] for r in regs]
+    cats = dict.fromkeys(CATEGORIES, 0)
+    raw: dict[str, int] = {}
+    pool = 0
+    exact_all = True
+    for sh in base.shares:
+        m = sh.mapping
+        inside = _regions_in(regs, starts, m) if regs else []
+        if inside:
+            parts, exact = split_by_regions(m, inside, present)
+            exact_all = exact_all and exact
+        else:
+            parts = {None: m.rss}
+        uncovered = parts.pop(None, 0)
+        for name, v in parts.items():
+            assert name is not None
+            raw[name] = raw.get(name, 0) + v
+            cats[design_category(name, has_other=has_other)] += v
+        if uncovered:
+            keys = [k for k in CATEGORIES if sh.categories.get(k, 0) > 0]
+            if not keys:
+                keys = ["native"]
+            split = apportion(uncovered, [sh.categories.get(k, 0) for k in keys])
+            for k, v in zip(keys, split, strict=True):
+                if k == "native" and sh.kind in POOL_KINDS:
+                    pool += v
+                else:
+                    cats[k] += v
+    names = [n for n, w in malloc_weights.items() if w > 0]
+    want = sum(malloc_weights[n] for n in names)
+    if want <= pool:
+        given = [malloc_weights[n] for n in names]
+    else:
+        given = apportion(pool, [malloc_weights[n] for n in names])
+    for n, v in zip(names, given, strict=True):
+        raw[n] = raw.get(n, 0) + v
+        cats[design_category(n, has_other=has_other)] += v
+    cats["native"] += pool - sum(given)
+    return cats, raw, exact_all, max(0, want - pool)
+
+
+def _malloc_weights(report: nmt.NmtReport) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in report.categories:
+        if c.name in _MMAP_ONLY:
+            continue
+        w = c.committed_bytes - c.mmap_committed_bytes
+        if w > 0:
+            out[c.name] = out.get(c.name, 0) + w
+    return out
+
+
+def _summary_regions(base: Attribution, report: nmt.NmtReport) -> tuple[list[Region], set[str]]:
+    """Regions smaps can prove from NMT summary sizes: the Java heap and the compressed class space."""
+    regions: list[Region] = []
+    proven: set[str] = set()
+    heap = report.category("Java Heap")
+    if heap and heap.reserved_bytes:
+        r = find_reservation(base.shares, heap.reserved_bytes)
+        if r:
+            regions.append((r[0], r[1], "Java Heap"))
+            proven.add("Java Heap")
+    cls = report.category("Class")
+    if cls:
+        size = cls.figures.get("class_space_reserved", 0)
+        r = find_reservation(base.shares, size) if size else None
+        if r:
+            regions.append((r[0], r[1], "Class"))
+            proven.add("Class")
+    return regions, proven
+
+
+def _hsperf_regions(base: Attribution, pd: hsperf.PerfData) -> list[Region]:
+    regions: list[Region] = []
+    maxes = [pd.int_value(f"sun.gc.generation.{g}.maxCapacity") for g in range(4)]
+    maxes = [v for v in maxes if v and v > 0]
+    candidates = []
+    if maxes:
+        # G1 reports the whole heap as each generation's max; generational collectors split it.
+        candidates = [max(maxes) // PAGE * PAGE, sum(maxes) // PAGE * PAGE]
+    for size in candidates:
+        r = find_reservation(base.shares, size)
+        if r:
+            regions.append((r[0], r[1], "Java Heap"))
+            break
+    ccs = pd.int_value("sun.gc.compressedclassspace.maxCapacity")
+    if ccs:
+        r = find_reservation(base.shares, ccs)
+        if r:
+            regions.append((r[0], r[1], "Class"))
+    return regions
+
+
+def attribute_jvm(pid: int, mappings: Sequence[Mapping], base: Attribution, *, proc_root: str = "/proc",
+                  timeout_s: float = 5.0) -> JvmAttribution:
+    """Refine `base` (the native view of this JVM's smaps) with NMT / System.map / hsperfdata."""
+    del mappings  # base.shares carries the same mappings, in address order, with their base split
+    problems: list[str] = []
+    version, pd = _jdk_version(pid, proc_root)
+    try:
+        fetch = fetch_nmt(pid, proc_root, timeout_s, version)
+    except ProcessGone:
+        raise
+    except NativewatchError as exc:
+        fetch = NmtFetch(None, None, "unavailable", None, version, (f"nmt: {exc}",))
+    problems += list(fetch.problems)
+    pagemap = _Pagemap(pid, proc_root)
+    try:
+        if fetch.report is not None:
+            report = fetch.report
+            has_other = not _internal_is_direct(report, fetch.version)
+            weights = _malloc_weights(report)
+            if fetch.regions is not None:
+                regions = list(fetch.regions)
+                sources = ["smaps", "nmt-detail"] if fetch.level == "detail" else \
+                    ["smaps", "nmt-summary", "system-map"]
+                # Regions place every mmap category; only malloc-backed figures join the pool split.
+            else:
+                regions, proven = _summary_regions(base, report)
+                sources = ["smaps", "nmt-summary"]
+                for c in report.categories:
+                    if c.name in proven or c.name in ("Thread", "Shared class space"):
+                        continue  # thread stacks are placed by their stack pointers; CDS is a file mapping
+                    if c.mmap_committed_bytes > 0:
+                        weights[c.name] = weights.get(c.name, 0) + c.mmap_committed_bytes
+                problems.append("NMT summary only: heap/class space placed by reservation size, other "
+                                "mmap categories estimated from committed figures")
+            cats, raw, exact, short = _refine(base, regions, pagemap, weights, has_other)
+            if short:
+                problems.append(f"NMT malloc/estimated figures exceed the resident malloc pool by {short} bytes "
+                                "(allocated but untouched memory): scaled down to fit")
+            if not exact:
+                problems.append("pagemap unreadable: mappings holding several NMT regions split by size")
+            nmt_json = _nmt_json(report, fetch, sources[1], raw, has_other)
+        else:
+            sources = ["smaps"]
+            nmt_json = None
+            if pd is not None:
+                regions = _hsperf_regions(base, pd)
+                cats, _raw, _exact, _short = _refine(base, regions, pagemap, {}, True)
+                sources.append("hsperfdata")
+            else:
+                cats = dict(base.categories)
+                problems.append("no NMT and no hsperfdata: native view only")
+    finally:
+        pagemap.close()
+    full = {c: int(cats.get(c, 0)) for c in CATEGORIES}
+    if sum(full.values()) != sum(base.categories.values()):
+        problems.append(f"internal: JVM refinement lost bytes ({sum(full.values())} != "
+                        f"{sum(base.categories.values())}); native view kept")
+        full = {c: int(base.categories.get(c, 0)) for c in CATEGORIES}
+        sources = ["smaps"]
+    return JvmAttribution(full, sources, nmt_json, problems)
+
+
+# ---- baseline / diff ---------------------------------------------------------------------------------
+
+def nmt_baseline(pid: int, proc_root: str = "/proc", timeout_s: float = 5.0) -> None:
+    out = attach.jcmd(pid, "VM.native_memory baseline", proc_root=proc_root, timeout_s=timeout_s)
+    if nmt.nmt_disabled(out):
+        raise attach.AttachError("native memory tracking is not enabled in this JVM")
+    if "Baseline" not in out and "baseline" not in out:
+        raise attach.AttachError(f"unexpected reply to baseline: {out.strip()[:200]}")
+
+
+def nmt_diff(pid: int, proc_root: str = "/proc", timeout_s: float = 5.0) -> dict[str, Any]:
+    """Growth since the last baseline: per DESIGN category and per raw NMT category (bytes)."""
+    out = attach.jcmd(pid, "VM.native_memory summary.diff", proc_root=proc_root, timeout_s=timeout_s)
+    if nmt.nmt_disabled(out):
+        raise attach.AttachError("native memory tracking is not enabled in this JVM")
+    if "No baseline" in out or "no baseline" in out:
+        raise attach.AttachError("no NMT baseline: run with --nmt-baseline first")
+    report = nmt.parse_summary(out)
+    has_other = not _internal_is_direct(report, _jdk_version(pid, proc_root)[0])
+    by_design = dict.fromkeys(CATEGORIES, 0)
+    raw: dict[str, Any] = {}
+    for c in report.categories:
+        d = c.deltas.get("committed", 0)
+        by_design[design_category(c.name, has_other=has_other)] += d
+        raw[c.name] = {"committed_bytes": c.committed_bytes, "committed_delta_bytes": d,
+                       "reserved_delta_bytes": c.deltas.get("reserved", 0),
+                       "malloc_delta_bytes": c.deltas.get("malloc", 0),
+                       "mmap_committed_delta_bytes": c.deltas.get("mmap_committed", 0)
+                       + c.deltas.get("stack_committed", 0),
+                       "design_category": design_category(c.name, has_other=has_other)}
+    return {"pid": pid, "categories": by_design, "nmt_categories": raw,
+            "total": {"committed_delta_bytes": report.total_deltas.get("committed", 0),
+                      "reserved_delta_bytes": report.total_deltas.get("reserved", 0)},
+            "resolution_bytes": report.resolution_bytes, "problems": list(report.problems)}
