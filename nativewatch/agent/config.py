@@ -1,0 +1,112 @@
+"""Agent settings: one frozen object, from defaults, an optional TOML file, then command-line overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["AgentConfig", "ConfigError", "load_config", "parse_listen"]
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    listen: str = "127.0.0.1:9847"
+    # Cheap sources (status RSS, cgroup counters) run every interval; a full smaps attribution of one
+    # process runs at most every full_interval_s, an NMT attach at most every nmt_interval_s, and all
+    # full work of one scan stops once it has used scan_budget_s of CPU (tracked pids excepted).
+    interval_s: float = 10.0
+    full_interval_s: float = 60.0
+    nmt_interval_s: float = 300.0
+    scan_budget_s: float = 1.0
+    window_s: float = 900.0
+    min_leak_window_s: float | None = None  # default: half the window
+    min_leak_slope_bytes_per_second: float = 2048.0
+    min_leak_fit: float = 0.75
+    evidence_dir: Path = Path("/var/lib/nativewatch/evidence")
+    state_dir: Path = Path("/var/lib/nativewatch")
+    retention_s: float = 24 * 3600.0
+    history_interval_s: float = 60.0  # how often the SQLite store gets a row per process
+    track: tuple[int, ...] = ()
+    top_k: int = 50
+    top_sites: int = 20
+    proc_root: str = "/proc"
+    cgroup_root: str = "/sys/fs/cgroup"
+    bpf: bool = True
+    page_fault_sample_every: int = 64
+    loopback_only: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    basic_auth_user: str | None = None
+    basic_auth_password_sha256: str | None = None
+    auto_capture: bool = True
+    auto_capture_min_growth_bytes: int = 64 * 1024 * 1024
+    auto_capture_duration_s: float = 30.0
+    auto_capture_cooldown_s: float = 3600.0
+    dead_grace_s: float = 120.0  # how long a vanished pid's history is kept for a late OOM event
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def leak_window_s(self) -> float:
+        return self.min_leak_window_s if self.min_leak_window_s is not None else self.window_s / 2
+
+    def validate(self) -> AgentConfig:
+        host, _port = parse_listen(self.listen)
+        if self.loopback_only and not _is_loopback(host):
+            raise ConfigError(f"loopback_only is set but listen address {self.listen!r} is not loopback")
+        if self.interval_s <= 0 or self.window_s <= 0:
+            raise ConfigError("interval and window must be positive")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key go together")
+        if (self.basic_auth_user is None) != (self.basic_auth_password_sha256 is None):
+            raise ConfigError("basic_auth_user and basic_auth_password_sha256 go together")
+        if self.page_fault_sample_every < 1:
+            raise ConfigError("page_fault_sample_every must be >= 1")
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"listen address must be HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+_PATHS = {"evidence_dir", "state_dir", "tls_cert", "tls_key"}
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> AgentConfig:
+    """Defaults, then the TOML file (top-level keys or an [agent] table), then non-None overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        values.update(raw.get("agent", raw))
+    values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
+    known = {f.name for f in dataclasses.fields(AgentConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+    for key in _PATHS & set(values):
+        values[key] = Path(values[key]) if values[key] is not None else None
+    if "track" in values:
+        values["track"] = tuple(int(p) for p in values["track"])
+    return AgentConfig(**values).validate()

@@ -1,0 +1,139 @@
+"""Resident growth by call stack from sampled first-touch page faults (bpf/page_faults.c).
+
+Every page a process writes for the first time is a fault; a sample of those faults with the user
+stack points at the code that grows RSS, without any malloc uprobe. Counts are read and cleared from
+the kernel maps on each `collect()` and folded per pid into symbolized stacks with estimated bytes
+(samples x SAMPLE_EVERY x page size). Symbolization happens while the process is alive (it is gone by
+the time an OOM post-mortem is written).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from nativewatch.agent.bpfload import bpf_source, load_bpf
+
+__all__ = ["FaultStack", "PageFaultSampler", "top_stacks"]
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True, slots=True)
+class FaultStack:
+    frames: tuple[str, ...]  # leaf-most first
+    bytes: int  # estimated resident growth
+    samples: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"frames": list(self.frames), "bytes": self.bytes, "samples": self.samples}
+
+
+def top_stacks(per_stack: Counter[tuple[str, ...]], sample_every: int, n: int = 10) -> list[FaultStack]:
+    return [FaultStack(frames, count * sample_every * PAGE_SIZE, count)
+            for frames, count in per_stack.most_common(n)]
+
+
+class _BccSymbols:
+    """Per-pid bcc symbol caches that are freed when the pid goes (bcc's own cache never frees)."""
+
+    def __init__(self) -> None:
+        import bcc  # type: ignore[import-not-found]
+        from bcc.libbcc import lib  # type: ignore[import-not-found]
+
+        self._bcc = bcc
+        self._lib = lib
+        self._caches: dict[int, Any] = {}
+
+    def frames(self, pid: int, addrs: Sequence[int]) -> list[str]:
+        cache = self._caches.get(pid)
+        if cache is None:
+            cache = self._caches[pid] = self._bcc.SymbolCache(pid)
+        out = []
+        for a in addrs:
+            name, _off, module = cache.resolve(a, True)
+            mod = os.path.basename(module.decode("utf-8", "replace")) if module else "?"
+            out.append(f"{name.decode('utf-8', 'replace')} ({mod})" if name else f"0x{a:x} ({mod})")
+        return out
+
+    def forget(self, pid: int) -> None:
+        cache = self._caches.pop(pid, None)
+        if cache is not None:
+            self._lib.bcc_free_symcache(ctypes.c_void_p(cache.cache), pid)
+
+    def forget_all_but(self, alive: set[int]) -> None:
+        for pid in [p for p in self._caches if p not in alive]:
+            self.forget(pid)
+
+
+class PageFaultSampler:
+    """Load, poll and read the page-fault sampler. Raises SourceUnavailable from the constructor."""
+
+    MAX_STACKS_PER_PID = 64
+
+    def __init__(self, sample_every: int = 64, *, max_entries: int = 16384, stack_entries: int = 8192) -> None:
+        self.sample_every = sample_every
+        self.defines = {"SAMPLE_EVERY": sample_every, "MAX_ENTRIES": max_entries,
+                        "STACK_ENTRIES": stack_entries, "SKIP_TGID": os.getpid()}
+        self.bpf = load_bpf("page_faults.c", self.defines)
+        self.symbols = _BccSymbols()
+        self.per_pid: dict[int, Counter[tuple[str, ...]]] = {}
+        self._stats_seen = [0, 0, 0]
+
+    def source(self) -> str:
+        return bpf_source("page_faults.c", self.defines)
+
+    def stats(self) -> dict[str, int]:
+        table = self.bpf["fault_stats"]
+        vals = [int(table[ctypes.c_int(i)].value) for i in range(3)]
+        return {"sampled": vals[0], "map_full": vals[1], "stack_lost": vals[2]}
+
+    def collect(self, keep: set[int]) -> None:
+        """Move kernel counts into per-pid symbolized stacks; drop every pid not in `keep`.
+
+        `keep` holds live pids and recently vanished ones: a symbol cache made while a process was
+        alive still resolves after it died, which is what an OOM post-mortem needs."""
+        counts = self.bpf["fault_counts"]
+        stacks = self.bpf["fault_stacks"]
+        items = [(k.tgid, k.stack_id, int(v.value)) for k, v in counts.items()]
+        counts.clear()
+        resolved: dict[int, tuple[int, ...]] = {}
+        for tgid, stack_id, n in items:
+            if tgid not in keep:
+                continue
+            frames: tuple[str, ...]
+            if stack_id < 0:
+                frames = ("[stack lost]",)
+            else:
+                addrs = resolved.get(stack_id)
+                if addrs is None:
+                    try:
+                        addrs = resolved[stack_id] = tuple(stacks.walk(stack_id))
+                    except KeyError:
+                        addrs = resolved[stack_id] = ()
+                try:
+                    frames = tuple(self.symbols.frames(tgid, addrs)) if addrs else ("[stack lost]",)
+                except Exception:  # noqa: BLE001 - a pid that vanished mid-symbolization
+                    frames = ("[unsymbolized]",)
+            per = self.per_pid.setdefault(tgid, Counter())
+            per[frames] += n
+            if len(per) > 2 * self.MAX_STACKS_PER_PID:
+                self.per_pid[tgid] = Counter(dict(per.most_common(self.MAX_STACKS_PER_PID)))
+        stacks.clear()
+        self.symbols.forget_all_but(keep)
+        for pid in [p for p in self.per_pid if p not in keep]:
+            del self.per_pid[pid]
+
+    def forget(self, pid: int) -> None:
+        self.per_pid.pop(pid, None)
+        self.symbols.forget(pid)
+
+    def top(self, pid: int, n: int = 10) -> list[FaultStack]:
+        return top_stacks(self.per_pid.get(pid, Counter()), self.sample_every, n)
+
+    def close(self) -> None:
+        self.bpf.cleanup()

@@ -1,0 +1,566 @@
+"""The agent's scan loop: cheap sources every interval, full attribution under a CPU budget, growth,
+OOM post-mortems, auto-capture, history; one immutable `AgentView` published per scan.
+
+Cadence, per scan:
+  1. /proc/PID/stat for every pid (name, RSS, start time, kernel thread?): a few µs per process.
+  2. Full attribution (`take_snapshot`, the same sources as `nativewatch snapshot`) for the processes
+     that are due, in priority order (tracked pids, never-seen, then stalest), until the scan has used
+     `scan_budget_s` of CPU; the rest wait for the next scan (counted as deferred). A JVM's NMT attach
+     runs at most every `nmt_interval_s`; in between its last breakdown stands.
+  3. Kill events (eBPF, else cgroup counters), page-fault stacks, container memcg figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from nativewatch import procfs
+from nativewatch.agent.config import AgentConfig
+from nativewatch.agent.evidence import dominant_category, evidence_id, write_evidence
+from nativewatch.agent.oom import BpfOomWatcher, CgroupOomWatcher, OomEvent
+from nativewatch.agent.procstat import ProcStat, read_stat
+from nativewatch.agent.store import HistoryStore
+from nativewatch.agent.views import AgentView, ContainerLabels, ContainerView, ProcessView
+from nativewatch.cgroup import CgroupGone, CgroupMemory, read_container_memory, read_proc_cgroup
+from nativewatch.errors import AccessDenied, ProcessGone, SourceUnavailable
+from nativewatch.growth import LeakVerdict, fit_floor, leak_verdict, oom_eta_s
+from nativewatch.model import CATEGORIES, Breakdown, ContainerInfo
+
+__all__ = ["Agent", "Sampler", "ProcfsSampler"]
+
+log = logging.getLogger("nativewatch.agent")
+
+
+class Sampler(Protocol):
+    def list_pids(self) -> list[int]: ...
+    def stat(self, pid: int) -> ProcStat | None: ...
+    def full(self, pid: int, *, jvm: bool) -> Breakdown: ...
+    def memory_cgroup(self, pid: int) -> str | None: ...
+
+
+class ProcfsSampler:
+    """The real sources: procfs and `take_snapshot`, under one proc root."""
+
+    def __init__(self, proc_root: str = "/proc", jvm_timeout_s: float = 2.0) -> None:
+        self.proc_root = proc_root
+        self.jvm_timeout_s = jvm_timeout_s
+
+    def list_pids(self) -> list[int]:
+        return procfs.list_pids(self.proc_root)
+
+    def stat(self, pid: int) -> ProcStat | None:
+        return read_stat(pid, self.proc_root)
+
+    def full(self, pid: int, *, jvm: bool) -> Breakdown:
+        from nativewatch.snapshot import take_snapshot
+
+        return take_snapshot(pid, proc_root=self.proc_root, jvm=jvm, jvm_timeout_s=self.jvm_timeout_s)
+
+    def memory_cgroup(self, pid: int) -> str | None:
+        return read_proc_cgroup(pid, self.proc_root).memory_path
+
+
+@dataclass(slots=True)
+class _Proc:
+    pid: int
+    start: int
+    comm: str
+    rss_bytes: int
+    kernel_thread: bool
+    last: Breakdown | None = None
+    last_full_t: float = 0.0
+    last_nmt_t: float = 0.0
+    history: deque[tuple[float, tuple[int, ...]]] = field(default_factory=deque)
+    growth: dict[str, LeakVerdict] = field(default_factory=dict)
+    memcg: str | None = None  # path of the memory cgroup
+    dead_at: float | None = None
+    last_stored_t: float = 0.0
+    captured_at: float = 0.0
+
+
+@dataclass(slots=True)
+class _Container:
+    id: str
+    info: ContainerInfo | None
+    history: deque[tuple[float, tuple[int, ...]]] = field(default_factory=deque)
+    last_seen: float = 0.0
+
+
+def _category_tuple(cats: dict[str, int]) -> tuple[int, ...]:
+    return tuple(int(cats.get(c, 0)) for c in CATEGORIES)
+
+
+def _growth(history: Iterable[tuple[float, tuple[int, ...]]], cfg: AgentConfig) -> dict[str, LeakVerdict]:
+    points = list(history)
+    ts = [t for t, _ in points]
+    out: dict[str, LeakVerdict] = {}
+    for i, cat in enumerate(CATEGORIES):
+        fit = fit_floor(ts, [v[i] for _, v in points], window_s=cfg.window_s)
+        out[cat] = leak_verdict(fit, min_slope_bytes_per_second=cfg.min_leak_slope_bytes_per_second,
+                                min_window_s=cfg.leak_window_s, min_fit=cfg.min_leak_fit)
+    return out
+
+
+def _trim(history: deque[tuple[float, tuple[int, ...]]], now: float, keep_s: float) -> None:
+    while history and history[0][0] < now - keep_s:
+        history.popleft()
+
+
+class Agent:
+    """One node agent. `scan_once()` does one scan; `run(stop)` loops until `stop` is set."""
+
+    def __init__(self, cfg: AgentConfig, *, sampler: Sampler | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.sampler = sampler or ProcfsSampler(cfg.proc_root)
+        self.clock = clock
+        self.procs: dict[int, _Proc] = {}
+        self.dead: dict[tuple[int, int], _Proc] = {}
+        self.containers: dict[str, _Container] = {}
+        self.errors: Counter[str] = Counter()
+        self.degraded: dict[str, str] = {}
+        self.oom_kills: Counter[tuple[str, str, str, str, str]] = Counter()
+        self.evidence_total: Counter[str] = Counter()
+        self.sites: dict[int, list[dict[str, Any]]] = {}
+        self.scans = 0
+        self.full_total = 0
+        self.deferred_total = 0
+        self.scan_duration_sum = 0.0
+        self._view = AgentView()
+        self._view_lock = threading.Lock()
+        self._capture_thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.store: HistoryStore | None = None
+        try:
+            self.store = HistoryStore(cfg.state_dir, retention_s=cfg.retention_s)
+        except Exception as exc:  # noqa: BLE001 - the agent runs without history rather than not at all
+            self.degraded["store"] = f"history store unavailable: {exc}"
+        self.oom_bpf: BpfOomWatcher | None = None
+        self.faults: Any = None
+        self.oom_cgroup = CgroupOomWatcher(self._read_memcg)
+        self.pod_meta = self._pod_metadata()
+        if cfg.bpf:
+            self._start_bpf()
+        else:
+            self.degraded["bpf"] = "disabled by configuration"
+        self._profiler = self._find_profiler()
+
+    # --- sources that may be missing -------------------------------------------------------------
+    def _start_bpf(self) -> None:
+        try:
+            self.oom_bpf = BpfOomWatcher()
+        except SourceUnavailable as exc:
+            self.degraded["bpf-oom"] = f"{exc}; OOM kills are read from cgroup counters instead"
+        try:
+            from nativewatch.agent.faults import PageFaultSampler
+
+            self.faults = PageFaultSampler(self.cfg.page_fault_sample_every)
+        except SourceUnavailable as exc:
+            self.degraded["bpf-page-faults"] = f"{exc}; no resident-growth stacks"
+
+    def _pod_metadata(self) -> Any:
+        try:
+            from nativewatch.k8s_meta import PodMetadata
+        except ImportError as exc:
+            self.degraded["k8s-meta"] = f"pod metadata unavailable ({exc}): container labels carry ids only"
+            return None
+        meta = PodMetadata.from_environment()
+        if meta.watcher is None:
+            self.degraded["k8s-meta"] = f"no Kubernetes API: container labels carry ids only ({meta.why_not})"
+        else:
+            meta.start()
+        return meta
+
+    def labels(self, info: ContainerInfo | None) -> ContainerLabels:
+        if info is None:
+            return ContainerLabels()
+        if self.pod_meta is not None:
+            d = self.pod_meta.labels(info)
+            return ContainerLabels(d.get("namespace", ""), d.get("pod", ""), d.get("container", ""),
+                                   d.get("container_id", info.id))
+        return ContainerLabels(container_id=info.id)
+
+    def _read_memcg(self, path: str) -> CgroupMemory | None:
+        try:
+            return read_container_memory(path, cgroup_root=self.cfg.cgroup_root, proc_root=self.cfg.proc_root)
+        except (CgroupGone, SourceUnavailable, OSError):
+            return None
+
+    def _find_profiler(self) -> Callable[..., Any] | None:
+        if not self.cfg.auto_capture:
+            self.degraded["auto-capture"] = "disabled by configuration"
+            return None
+        try:
+            from nativewatch.malloc_profile import run_profile
+        except ImportError as exc:
+            self.degraded["auto-capture"] = f"nativewatch.malloc_profile not importable ({exc})"
+            return None
+        return run_profile
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._capture_thread is not None:
+            self._capture_thread.join(timeout=self.cfg.auto_capture_duration_s + 10)
+        for src in (self.oom_bpf, self.faults):
+            if src is not None:
+                with contextlib.suppress(Exception):  # best effort at shutdown
+                    src.close()
+        if self.pod_meta is not None:
+            self.pod_meta.stop()
+        if self.store is not None:
+            self.store.close()
+
+    # --- the published view ----------------------------------------------------------------------
+    @property
+    def view(self) -> AgentView:
+        with self._view_lock:
+            return self._view
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                self.scan_once()
+            except Exception:  # noqa: BLE001 - a bug in one scan must not end the agent
+                log.exception("scan failed")
+                self.errors["scan"] += 1
+            stop.wait(max(0.0, self.cfg.interval_s - (time.monotonic() - t0)))
+
+    # --- one scan --------------------------------------------------------------------------------
+    def scan_once(self) -> AgentView:
+        cfg = self.cfg
+        now = self.clock()
+        wall0, cpu0 = time.monotonic(), time.process_time()
+        self_pid = os.getpid()
+        seen: set[int] = set()
+        for pid in self.sampler.list_pids():
+            try:
+                st = self.sampler.stat(pid)
+            except ProcessGone:
+                continue
+            except (AccessDenied, OSError):
+                self.errors["stat"] += 1
+                continue
+            if st is None:
+                self.errors["stat"] += 1
+                continue
+            seen.add(pid)
+            rec = self.procs.get(pid)
+            if rec is not None and rec.start != st.starttime:
+                self._bury(rec, now)
+                rec = None
+            if rec is None:
+                rec = self.procs[pid] = _Proc(pid, st.starttime, st.comm, st.rss_bytes,
+                                              st.kernel_thread or pid == self_pid)
+            rec.comm, rec.rss_bytes = st.comm, st.rss_bytes
+        for pid in [p for p in self.procs if p not in seen]:
+            self._bury(self.procs.pop(pid), now)
+
+        self._full_pass(now, cpu0)
+        kills = self._poll_oom(now)
+        if self.faults is not None:
+            try:
+                self.faults.collect(set(self.procs) | {p.pid for p in self.dead.values()})
+            except Exception:  # noqa: BLE001 - a map read failure costs only this scan's stacks
+                log.exception("page-fault stacks")
+                self.errors["bpf-page-faults"] += 1
+        for ev in kills:
+            self._post_mortem(ev, now)
+        containers = self._containers(now)
+        self._auto_capture(now)
+        self._persist(now, containers)
+        for key in [k for k, p in self.dead.items() if p.dead_at is not None
+                    and now - p.dead_at > cfg.dead_grace_s]:
+            gone = self.dead.pop(key)
+            self.sites.pop(gone.pid, None)
+        self.scans += 1
+        dur = time.monotonic() - wall0
+        self.scan_duration_sum += dur
+        view = self._publish(now, containers, dur, time.process_time() - cpu0)
+        return view
+
+    def _bury(self, rec: _Proc, now: float) -> None:
+        rec.dead_at = now
+        if rec.last is not None:
+            self.dead[(rec.pid, rec.start)] = rec
+
+    def _due(self, rec: _Proc, now: float) -> bool:
+        if rec.kernel_thread:
+            return False
+        if rec.pid in self.cfg.track:
+            return True
+        if rec.last is not None and rec.last.runtime == "jvm":
+            return now - rec.last_nmt_t >= self.cfg.nmt_interval_s
+        return now - rec.last_full_t >= self.cfg.full_interval_s
+
+    def _full_pass(self, now: float, cpu0: float) -> None:
+        cfg = self.cfg
+        due = [r for r in self.procs.values() if self._due(r, now)]
+        tracked = set(cfg.track)
+        # Tracked first, then never scanned (largest first), then the stalest.
+        due.sort(key=lambda r: (r.pid not in tracked, r.last is not None, r.last_full_t, -r.rss_bytes))
+        for rec in due:
+            if rec.pid not in tracked and time.process_time() - cpu0 > cfg.scan_budget_s:
+                self.deferred_total += 1
+                continue
+            jvm = "jvm" not in self.degraded and (rec.last is None or rec.last.runtime == "jvm")
+            try:
+                try:
+                    bd = self.sampler.full(rec.pid, jvm=jvm)
+                except ImportError as exc:
+                    # The JVM refinement is not installed: plain native view, said once.
+                    self.degraded["jvm"] = f"JVM attribution unavailable ({exc}); JVMs get the native view"
+                    jvm = False
+                    bd = self.sampler.full(rec.pid, jvm=False)
+            except ProcessGone:
+                continue
+            except AccessDenied:
+                self.errors["smaps"] += 1
+                rec.last_full_t = now  # retried at the full cadence, not every scan
+                continue
+            except Exception:  # noqa: BLE001 - one odd process never stops the scan
+                log.debug("snapshot of %d failed", rec.pid, exc_info=True)
+                self.errors["attribution"] += 1
+                continue
+            self.full_total += 1
+            rec.last, rec.last_full_t = bd, now
+            if bd.runtime == "jvm" and jvm:
+                rec.last_nmt_t = now
+            if rec.memcg is None:
+                try:
+                    rec.memcg = self.sampler.memory_cgroup(rec.pid)
+                except (ProcessGone, AccessDenied, OSError):
+                    rec.memcg = None
+            rec.history.append((now, _category_tuple(bd.categories)))
+            _trim(rec.history, now, cfg.window_s)
+            rec.growth = _growth(rec.history, cfg)
+            if bd.extra.get("top_sites"):
+                self.sites[rec.pid] = list(bd.extra["top_sites"])[: cfg.top_sites]
+
+    # --- OOM ---------------------------------------------------------------------------------------
+    def _poll_oom(self, now: float) -> list[OomEvent]:
+        if self.oom_bpf is not None:
+            try:
+                return self.oom_bpf.poll()
+            except Exception:  # noqa: BLE001
+                log.exception("oom ring buffer")
+                self.errors["bpf-oom"] += 1
+                return []
+        cgroups = {r.memcg for r in self.procs.values() if r.memcg is not None}
+        cgroups |= {r.memcg for r in self.dead.values() if r.memcg is not None}
+        events: list[OomEvent] = []
+        for key, n in self.oom_cgroup.poll(cgroups).items():
+            # The victims are the processes of that cgroup that vanished since the last scan.
+            victims = sorted((r for r in self.dead.values() if r.memcg == key and r.dead_at == now),
+                             key=lambda r: -r.rss_bytes)
+            for i in range(n):
+                v = victims[i] if i < len(victims) else None
+                events.append(OomEvent(pid=v.pid if v else None, comm=v.comm if v else "", source="cgroup",
+                                       ts=now, cgroup=key))
+        return events
+
+    def _find_record(self, pid: int | None) -> _Proc | None:
+        if pid is None:
+            return None
+        cands = [r for r in self.dead.values() if r.pid == pid]
+        if pid in self.procs and self.procs[pid].last is not None:
+            cands.append(self.procs[pid])
+        return max(cands, key=lambda r: r.last_full_t, default=None)
+
+    def _post_mortem(self, ev: OomEvent, now: float) -> None:
+        rec = self._find_record(ev.pid)
+        bd = rec.last if rec else None
+        history = list(rec.history) if rec else []
+        hist_dicts = [dict(zip(CATEGORIES, v, strict=True)) for _, v in history]
+        dominant = dominant_category(hist_dicts, bd.categories if bd else None) or "unknown"
+        labels = self.labels(bd.container if bd else None)
+        self.oom_kills[(*labels.values(), dominant)] += 1
+        cg = rec.memcg if rec else ev.cgroup
+        memcg = self._read_memcg(cg) if cg else None
+        doc: dict[str, Any] = {
+            "id": evidence_id("oom", ev.ts, ev.pid),
+            "kind": "oom",
+            "time": ev.ts,
+            "pid": ev.pid,
+            "comm": ev.comm or (rec.comm if rec else ""),
+            "detected_by": ev.source,
+            "kernel": {"anon_rss_bytes": ev.anon_rss_bytes, "file_rss_bytes": ev.file_rss_bytes,
+                       "shmem_rss_bytes": ev.shmem_rss_bytes},
+            "container": bd.container.to_json() if bd and bd.container else None,
+            "labels": dict(zip(labels.NAMES, labels.values(), strict=True)),
+            "cgroup": cg,
+            "cgroup_memory": memcg.to_json() if memcg else None,
+            "dominant_category": dominant,
+            "last_breakdown": bd.to_json() if bd else None,
+            "history": {"window_s": self.cfg.window_s, "times": [t for t, _ in history],
+                        "categories": {c: [v[i] for _, v in history] for i, c in enumerate(CATEGORIES)}},
+            "growth": {c: v.to_json() for c, v in (rec.growth if rec else {}).items()},
+            "top_stacks": ([s.to_json() for s in self.faults.top(ev.pid, 10)]
+                           if self.faults is not None and ev.pid is not None else None),
+            "nmt": bd.nmt if bd else None,
+            "native_sites": self.sites.get(ev.pid) if ev.pid is not None else None,
+            "degraded": dict(self.degraded),
+        }
+        if rec is None:
+            doc["problems"] = [f"no breakdown of pid {ev.pid} was taken before it was killed"]
+        self._write_evidence(doc)
+
+    def _write_evidence(self, doc: dict[str, Any]) -> None:
+        try:
+            path = write_evidence(self.cfg.evidence_dir, doc)
+        except OSError as exc:
+            log.error("cannot write evidence %s: %s", doc["id"], exc)
+            self.errors["evidence"] += 1
+            return
+        self.evidence_total[doc["kind"]] += 1
+        log.warning("evidence %s written to %s", path.stem, path)
+        if self.store is not None:
+            try:
+                self.store.add_evidence(path.stem, doc["time"], doc["kind"], doc.get("pid"), doc.get("comm"),
+                                        doc.get("dominant_category"), path)
+            except Exception:  # noqa: BLE001 - the file is the record; the index is a convenience
+                self.errors["store"] += 1
+
+    # --- containers --------------------------------------------------------------------------------
+    def _containers(self, now: float) -> list[ContainerView]:
+        groups: dict[str, list[_Proc]] = {}
+        for rec in self.procs.values():
+            if rec.last is not None and rec.last.container is not None:
+                groups.setdefault(rec.last.container.id, []).append(rec)
+        views: list[ContainerView] = []
+        for cid, members in groups.items():
+            c = self.containers.get(cid)
+            if c is None:
+                c = self.containers[cid] = _Container(cid, members[0].last.container if members[0].last else None)
+            c.last_seen = now
+            totals = [0] * len(CATEGORIES)
+            for r in members:
+                for i, v in enumerate(_category_tuple(r.last.categories if r.last else {})):
+                    totals[i] += v
+            c.history.append((now, tuple(totals)))
+            _trim(c.history, now, self.cfg.window_s)
+            growth = _growth(c.history, self.cfg)
+            ts = [t for t, _ in c.history]
+            total_fit = fit_floor(ts, [sum(v) for _, v in c.history], window_s=self.cfg.window_s)
+            cg = next((r.memcg for r in members if r.memcg is not None), None)
+            memcg = self._read_memcg(cg) if cg else None
+            usage = memcg.working_set_bytes if memcg and memcg.working_set_bytes is not None else sum(totals)
+            limit = (memcg.effective_limit_bytes or memcg.limit_bytes) if memcg else None
+            eta = oom_eta_s(usage, limit, total_fit.bytes_per_second)
+            views.append(ContainerView(
+                id=cid, info=c.info, labels=self.labels(c.info), categories=dict(zip(CATEGORIES, totals,
+                                                                                          strict=True)),
+                growth=growth, pids=tuple(sorted(r.pid for r in members)),
+                usage_bytes=memcg.usage_bytes if memcg else None,
+                working_set_bytes=memcg.working_set_bytes if memcg else None,
+                limit_bytes=limit,
+                total_growth_bytes_per_second=total_fit.bytes_per_second, oom_eta_s=eta))
+        for cid in [k for k, c in self.containers.items() if now - c.last_seen > self.cfg.dead_grace_s]:
+            del self.containers[cid]
+        return views
+
+    # --- auto-capture ------------------------------------------------------------------------------
+    def _auto_capture(self, now: float) -> None:
+        if self._profiler is None or (self._capture_thread is not None and self._capture_thread.is_alive()):
+            return
+        cfg = self.cfg
+        for rec in sorted(self.procs.values(), key=lambda r: -r.rss_bytes):
+            v = rec.growth.get("native")
+            if v is None or not v.leak or now - rec.captured_at < cfg.auto_capture_cooldown_s:
+                continue
+            if v.fit.bytes_per_second * v.fit.window_s < cfg.auto_capture_min_growth_bytes:
+                continue
+            rec.captured_at = now
+            self._capture_thread = threading.Thread(target=self._capture, args=(rec.pid, rec.comm, v),
+                                                    name=f"auto-capture-{rec.pid}", daemon=True)
+            self._capture_thread.start()
+            return
+
+    def _capture(self, pid: int, comm: str, verdict: LeakVerdict) -> None:
+        cfg = self.cfg
+        t0 = self.clock()
+        doc: dict[str, Any] = {"id": evidence_id("capture", t0, pid), "kind": "auto-capture", "time": t0,
+                               "pid": pid, "comm": comm, "trigger": verdict.to_json(),
+                               "dominant_category": "native"}
+        try:
+            assert self._profiler is not None
+            result = self._profiler(pid, cfg.auto_capture_duration_s, mode="sampled", stop=self._stop)
+            profile = result.to_json()
+            doc["profile"] = profile
+            sites = list(profile.get("sites", []))[: cfg.top_sites]
+            self.sites[pid] = sites
+            try:
+                from nativewatch.malloc_profile import write_pprof
+
+                cfg.evidence_dir.mkdir(parents=True, exist_ok=True)
+                pprof = cfg.evidence_dir / f"{doc['id']}.pb.gz"
+                write_pprof(result, pprof)
+                doc["pprof"] = str(pprof)
+            except Exception as exc:  # noqa: BLE001 - keep the JSON even without the pprof file
+                doc["problems"] = [f"pprof not written: {exc}"]
+        except ProcessGone:
+            return
+        except Exception as exc:  # noqa: BLE001 - a failed capture is recorded, not raised
+            self.errors["auto-capture"] += 1
+            doc["problems"] = [f"profile failed: {exc}"]
+        self._write_evidence(doc)
+
+    # --- history store -----------------------------------------------------------------------------
+    def _persist(self, now: float, containers: list[ContainerView]) -> None:
+        if self.store is None:
+            return
+        rows = []
+        for rec in self._capped():
+            if rec.last is not None and now - rec.last_stored_t >= self.cfg.history_interval_s:
+                rec.last_stored_t = now
+                doc = rec.last.to_json()
+                doc["growth"] = {c: {"bytes_per_second": v.fit.bytes_per_second, "leak": v.leak}
+                                 for c, v in rec.growth.items()}
+                doc.pop("cmdline", None)
+                rows.append(doc)
+        try:
+            if rows:
+                self.store.add_processes(now, rows)
+                if containers:
+                    self.store.add_containers(now, [c.to_json() for c in containers])
+            self.store.prune(now)
+        except Exception:  # noqa: BLE001 - a full disk must not stop the agent
+            log.exception("history store")
+            self.errors["store"] += 1
+
+    def _capped(self) -> list[_Proc]:
+        withbd = [r for r in self.procs.values() if r.last is not None]
+        tracked = [r for r in withbd if r.pid in self.cfg.track]
+        rest = sorted((r for r in withbd if r.pid not in self.cfg.track), key=lambda r: -r.rss_bytes)
+        return tracked + rest[: self.cfg.top_k]
+
+    def _publish(self, now: float, containers: list[ContainerView], dur: float, cpu: float) -> AgentView:
+        procs = tuple(ProcessView(r.last, self.labels(r.last.container), dict(r.growth),
+                                  r.pid in self.cfg.track, r.rss_bytes)
+                      for r in self._capped() if r.last is not None)
+        bpf_stats: dict[str, dict[str, int]] = {}
+        for name, src in (("oom", self.oom_bpf), ("page_faults", self.faults)):
+            if src is not None:
+                try:
+                    bpf_stats[name] = src.stats()
+                except Exception:  # noqa: BLE001
+                    self.errors[f"bpf-{name}"] += 1
+        view = AgentView(
+            time=now, scans_total=self.scans, processes=procs, containers=tuple(containers),
+            oom_kills=dict(self.oom_kills), last_scan_duration_s=dur, last_scan_cpu_s=cpu,
+            scan_duration_sum_s=self.scan_duration_sum, processes_seen=len(self.procs),
+            full_snapshots_total=self.full_total, deferred_total=self.deferred_total,
+            errors_by_source=dict(self.errors), bpf_stats=bpf_stats, degraded=dict(self.degraded),
+            sites={p.breakdown.pid: self.sites[p.breakdown.pid] for p in procs if p.breakdown.pid in self.sites},
+            evidence_total=dict(self.evidence_total))
+        with self._view_lock:
+            self._view = view
+        return view
