@@ -136,17 +136,19 @@ def split_by_regions(m: Mapping, regions: Sequence[Region],
 
 
 def find_reservation(shares: Sequence[MappingShare], size: int) -> tuple[int, int] | None:
-    """The unique run of contiguous private anonymous mappings spanning exactly `size` bytes."""
+    """The unique run of contiguous private anonymous (or CDS) mappings spanning exactly `size` bytes."""
     if size <= 0:
         return None
     ms = [s.mapping for s in shares]
+    # glibc arenas are contiguous 64 MiB blocks too; they are never a JVM reservation.
+    ok = [_plain_anon(s.mapping) and s.kind not in ("malloc-arena", "brk-heap", "thread-stack") for s in shares]
     found: list[tuple[int, int]] = []
     for i, m in enumerate(ms):
-        if not _plain_anon(m):
+        if not ok[i]:
             continue
         end = m.end
         j = i
-        while end - m.start < size and j + 1 < len(ms) and ms[j + 1].start == end and _plain_anon(ms[j + 1]):
+        while end - m.start < size and j + 1 < len(ms) and ms[j + 1].start == end and ok[j + 1]:
             j += 1
             end = ms[j].end
         if end - m.start == size:
@@ -155,7 +157,8 @@ def find_reservation(shares: Sequence[MappingShare], size: int) -> tuple[int, in
 
 
 def _plain_anon(m: Mapping) -> bool:
-    return m.is_anonymous and not m.shared and m.path in ("",) and m.inode == 0
+    # CDS maps archived heap objects from the .jsa file into the middle of the Java heap (JDK 12+).
+    return not m.shared and ((m.path == "" and m.inode == 0) or m.path.endswith(".jsa"))
 
 
 class _Pagemap:
@@ -366,10 +369,14 @@ def _regions_in(regions: list[Region], starts: list[int], m: Mapping) -> list[Re
 
 
 def _refine(base: Attribution, regions: Sequence[Region], present: Callable[[int, int], int | None] | None,
-            malloc_weights: dict[str, int],
-            has_other: bool) -> tuple[dict[str, int], dict[str, int], bool, int]:
+            malloc_weights: dict[str, int], has_other: bool,
+            estimates: dict[str, int] | None = None) -> tuple[dict[str, int], dict[str, int], bool, int]:
     """Pure core: (DESIGN categories, resident bytes per raw NMT name, all splits exact, bytes by which
-    the malloc-backed figures exceeded the malloc pool and were scaled down)."""
+    the malloc-backed figures exceeded the malloc pool and were scaled down).
+
+    The pool pays NMT's malloc-backed figures first (malloc'd memory is nearly always touched), then
+    `estimates` (mmap figures no region places, summary mode) share what is left, each capped at its
+    figure; the rest is `native`."""
     regs = _sorted_regions(regions)
     starts = [r[0] for r in regs]
     cats = dict.fromkeys(CATEGORIES, 0)
@@ -399,17 +406,19 @@ def _refine(base: Attribution, regions: Sequence[Region], present: Callable[[int
                     pool += v
                 else:
                     cats[k] += v
-    names = [n for n, w in malloc_weights.items() if w > 0]
-    want = sum(malloc_weights[n] for n in names)
-    if want <= pool:
-        given = [malloc_weights[n] for n in names]
-    else:
-        given = apportion(pool, [malloc_weights[n] for n in names])
-    for n, v in zip(names, given, strict=True):
-        raw[n] = raw.get(n, 0) + v
-        cats[design_category(n, has_other=has_other)] += v
-    cats["native"] += pool - sum(given)
-    return cats, raw, exact_all, max(0, want - pool)
+    short = 0
+    for tier in (malloc_weights, estimates or {}):
+        names = [n for n, w in tier.items() if w > 0]
+        want = sum(tier[n] for n in names)
+        given = [tier[n] for n in names] if want <= pool else apportion(pool, [tier[n] for n in names])
+        if tier is malloc_weights:
+            short = max(0, want - pool)
+        for n, v in zip(names, given, strict=True):
+            raw[n] = raw.get(n, 0) + v
+            cats[design_category(n, has_other=has_other)] += v
+        pool -= sum(given)
+    cats["native"] += pool
+    return cats, raw, exact_all, short
 
 
 def _malloc_weights(report: nmt.NmtReport) -> dict[str, int]:
@@ -423,10 +432,17 @@ def _malloc_weights(report: nmt.NmtReport) -> dict[str, int]:
     return out
 
 
+def _cds_regions(base: Attribution) -> list[Region]:
+    """CDS archives are mapped from their .jsa file: the file name proves them."""
+    return [(s.mapping.start, s.mapping.end, "Shared class space") for s in base.shares
+            if s.mapping.path.endswith(".jsa")]
+
+
 def _summary_regions(base: Attribution, report: nmt.NmtReport) -> tuple[list[Region], set[str]]:
-    """Regions smaps can prove from NMT summary sizes: the Java heap and the compressed class space."""
-    regions: list[Region] = []
-    proven: set[str] = set()
+    """Regions smaps can prove from NMT summary sizes: the Java heap and the compressed class space
+    (runs of anonymous mappings spanning exactly their reserved size) and CDS (by file name)."""
+    regions: list[Region] = _cds_regions(base)
+    proven: set[str] = {"Shared class space"} if regions else set()
     heap = report.category("Java Heap")
     if heap and heap.reserved_bytes:
         r = find_reservation(base.shares, heap.reserved_bytes)
@@ -444,7 +460,7 @@ def _summary_regions(base: Attribution, report: nmt.NmtReport) -> tuple[list[Reg
 
 
 def _hsperf_regions(base: Attribution, pd: hsperf.PerfData) -> list[Region]:
-    regions: list[Region] = []
+    regions: list[Region] = _cds_regions(base)
     maxes = [pd.int_value(f"sun.gc.generation.{g}.maxCapacity") for g in range(4)]
     maxes = [v for v in maxes if v and v > 0]
     candidates = []
@@ -483,6 +499,7 @@ def attribute_jvm(pid: int, mappings: Sequence[Mapping], base: Attribution, *, p
             report = fetch.report
             has_other = not _internal_is_direct(report, fetch.version)
             weights = _malloc_weights(report)
+            estimates: dict[str, int] = {}
             if fetch.regions is not None:
                 regions = list(fetch.regions)
                 sources = ["smaps", "nmt-detail"] if fetch.level == "detail" else \
@@ -493,12 +510,12 @@ def attribute_jvm(pid: int, mappings: Sequence[Mapping], base: Attribution, *, p
                 sources = ["smaps", "nmt-summary"]
                 for c in report.categories:
                     if c.name in proven or c.name in ("Thread", "Shared class space"):
-                        continue  # thread stacks are placed by their stack pointers; CDS is a file mapping
+                        continue  # thread stacks are placed by their stack pointers; CDS by file name
                     if c.mmap_committed_bytes > 0:
-                        weights[c.name] = weights.get(c.name, 0) + c.mmap_committed_bytes
+                        estimates[c.name] = c.mmap_committed_bytes
                 problems.append("NMT summary only: heap/class space placed by reservation size, other "
                                 "mmap categories estimated from committed figures")
-            cats, raw, exact, short = _refine(base, regions, pagemap, weights, has_other)
+            cats, raw, exact, short = _refine(base, regions, pagemap, weights, has_other, estimates)
             if short:
                 problems.append(f"NMT malloc/estimated figures exceed the resident malloc pool by {short} bytes "
                                 "(allocated but untouched memory): scaled down to fit")
