@@ -57,7 +57,7 @@ class Attribution:
 
 
 def detect_allocator(mappings: Iterable[Mapping], is_go: bool) -> str:
-    names = {m.path.rsplit("/", 1)[-1] for m in mappings if m.path.startswith("/")}
+    names = {m.path.rsplit("/", 1)[-1] for m in mappings if m.inode and m.path.startswith("/")}
     joined = " ".join(names)
     if "libjemalloc" in joined:
         return "jemalloc"
@@ -73,9 +73,8 @@ def detect_allocator(mappings: Iterable[Mapping], is_go: bool) -> str:
 
 
 def detect_runtime(mappings: Iterable[Mapping], exe_is_go: bool) -> str:
-    for m in mappings:
-        if m.path.endswith("/libjvm.so"):
-            return "jvm"
+    if any(m.path.endswith("/libjvm.so") for m in mappings if m.inode):
+        return "jvm"
     return "go" if exe_is_go else "native"
 
 

@@ -177,7 +177,137 @@ def _key(raw: bytes) -> str:
 
 
 # A line that is neither "Key: N [kB]" nor "VmFlags: ..." inside a mapping's block.
+_HOT_KEYS = ((b"\nRss:", "Rss"), (b"\nPss:", "Pss"), (b"\nAnonymous:", "Anonymous"), (b"\nSwap:", "Swap"))
+_HOT = frozenset(k for _, k in _HOT_KEYS)
+
+
+class _SmapsFields(dict):  # type: ignore[type-arg]
+    """A mapping's smaps fields: the four attribution reads up front, the other ~20 on first use.
+
+    Scans read Rss/Pss/Anonymous/Swap of every mapping and the rest almost never; parsing those
+    lazily keeps a full scan close to the cost of reading /proc (benchmarks/bench_breakdown.py).
+    """
+
+    __slots__ = ("_raw", "_loaded")
+
+    def __init__(self, hot: dict[str, int], raw: bytes) -> None:
+        super().__init__(hot)
+        self._raw = raw
+        self._loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            for line in self._raw.split(b"\n"):
+                kv = _parse_kb_field(line)
+                if kv is not None:
+                    dict.__setitem__(self, kv[0], kv[1])
+
+    def get(self, key, default=None):  # type: ignore[no-untyped-def, override]
+        if not self._loaded and key not in _HOT:
+            self._load()
+        return dict.get(self, key, default)
+
+    def __getitem__(self, key):  # type: ignore[no-untyped-def]
+        if not self._loaded and key not in _HOT:
+            self._load()
+        return dict.__getitem__(self, key)
+
+    def __contains__(self, key):  # type: ignore[no-untyped-def, override]
+        self._load()
+        return dict.__contains__(self, key)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        self._load()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self._load()
+        return dict.__len__(self)
+
+    def __eq__(self, other: object) -> bool:
+        self._load()
+        return dict.__eq__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        self._load()
+        return dict.__repr__(self)
+
+    def keys(self):  # type: ignore[no-untyped-def, override]
+        self._load()
+        return dict.keys(self)
+
+    def items(self):  # type: ignore[no-untyped-def, override]
+        self._load()
+        return dict.items(self)
+
+    def values(self):  # type: ignore[no-untyped-def, override]
+        self._load()
+        return dict.values(self)
+
+
 def parse_smaps(data: bytes) -> SmapsResult:
+    """Parse /proc/PID/smaps. Unknown or broken lines become problems, never exceptions.
+
+    This is the hot path of every scan, so kernel-shaped text takes a fast path: the kernel ends every
+    mapping's block with its VmFlags line, so splitting there yields one block per mapping, checked
+    with C-speed counts (every body line is "Key: N kB" or one of the two unitless fields) and read
+    with four finds; other fields are parsed on first use. Any other text takes the line-by-line
+    parser, which reports each odd line as a problem.
+    """
+    if not data.endswith(b"\n") or b"\n\n" in data or b"\nVmFlags:" not in data:
+        return _parse_smaps_lines(data)
+    parts = data.split(b"\nVmFlags:")
+    mappings: list[Mapping] = []
+    flags_of_prev: bytes | None = None
+    pending: tuple[bytes, bytes] | None = None
+    for n, part in enumerate(parts):
+        if n:
+            nl = part.find(b"\n")
+            flags_of_prev = part[:nl] if nl >= 0 else part
+            block = part[nl + 1:] if nl >= 0 else b""
+            if pending is not None:
+                m = _fast_mapping(pending[0], pending[1], flags_of_prev)
+                if m is None:
+                    return _parse_smaps_lines(data)
+                mappings.append(m)
+                pending = None
+        else:
+            block = part
+        if not block:
+            continue
+        nl = block.find(b"\n")
+        if nl < 0 or n == len(parts) - 1:
+            return _parse_smaps_lines(data)  # a mapping without its VmFlags line: not kernel-shaped
+        pending = (block[:nl], b"\n" + block[nl + 1:] + b"\n")
+    if pending is not None:
+        return _parse_smaps_lines(data)
+    return SmapsResult(tuple(mappings), ())
+
+
+def _fast_mapping(header: bytes, body: bytes, flags: bytes) -> Mapping | None:
+    lines = body.count(b"\n") - 1
+    if lines != body.count(b" kB\n") + body.count(b"\nTHPeligible:") + body.count(b"\nProtectionKey:"):
+        return None
+    cur = _parse_header(header)
+    if cur is None:
+        return None
+    hot: dict[str, int] = {}
+    for needle, key in _HOT_KEYS:
+        i = body.find(needle)
+        if i >= 0:
+            j = body.find(b" kB\n", i)
+            try:
+                hot[key] = int(body[i + len(needle): j]) * 1024
+            except ValueError:
+                return None
+    return Mapping(cur.start, cur.end, cur.perms, cur.offset, cur.dev, cur.inode, cur.path,
+                   _SmapsFields(hot, body), tuple(t.decode("ascii", "replace") for t in flags.split()))
+
+
+def _parse_smaps_lines(data: bytes) -> SmapsResult:
     """Parse /proc/PID/smaps. Unknown or broken lines become problems, never exceptions.
 
     The loop is the hot path of every scan (~25 lines per mapping), so the common "Key:   N kB" line

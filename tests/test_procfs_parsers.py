@@ -5,10 +5,12 @@ Issue 2.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from conftest import SAMPLES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import SAMPLES
 from nativewatch.attribute import attribute_process
 from nativewatch.procfs import (
     parse_maps,
@@ -149,3 +151,31 @@ def test_parsers_never_raise_on_raw_bytes(data):
     parse_status(data)
     parse_rollup(data)
     parse_mountinfo_shmem(data)
+
+
+def test_fast_and_line_parsers_agree_on_every_sample():
+    from nativewatch.procfs import _parse_smaps_lines
+
+    def key(r):
+        return [(m.start, m.end, m.perms, m.offset, m.dev, m.inode, m.path, dict(m.fields), m.vmflags)
+                for m in r.mappings]
+
+    for f in list(SAMPLES.glob("**/*-smaps.txt")) + [Path("/proc/self/smaps")]:
+        data = f.read_bytes()
+        fast, slow = parse_smaps(data), _parse_smaps_lines(data)
+        assert type(fast.mappings[0].fields).__name__ == "_SmapsFields", f  # the fast path was taken
+        assert key(fast) == key(slow), f
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b"Rss:   4 kB", b"Pss: 8 kB", b"Swap: 0 kB", b"Anonymous: x kB",
+                                 b"THPeligible:    0", b"VmFlags: rd wr", b"1000-2000 rw-p 0 00:00 0 ",
+                                 b"3000-4000 r--p 0 fe:00 9 /lib/a.so", b"Bogus line"]), max_size=40))
+def test_fast_path_equals_line_parser_on_kernel_shaped_fragments(lines):
+    from nativewatch.procfs import _parse_smaps_lines
+
+    data = b"\n".join(lines) + b"\n"
+    fast, slow = parse_smaps(data), _parse_smaps_lines(data)
+    assert [(m.start, m.rss, m.pss, m.swap, m.anonymous) for m in fast.mappings] == \
+        [(m.start, m.rss, m.pss, m.swap, m.anonymous) for m in slow.mappings]
+    assert bool(fast.problems) == bool(slow.problems)
