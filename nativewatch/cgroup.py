@@ -11,6 +11,7 @@ from nativewatch.cgroup_identity import (
     parse_proc_cgroup,
     path_components,
     read_proc_cgroup,
+    runtime_hint_from_sockets,
 )
 from nativewatch.cgroup_memory import (
     V1_UNLIMITED_THRESHOLD,
@@ -37,5 +38,5 @@ __all__ = [
     "MemoryCgroupLocation", "V1_UNLIMITED_THRESHOLD", "cgroup_version_info", "container_identity",
     "locate_memory_cgroup", "memory_from_files", "parse_keyed", "parse_limit", "parse_memory_events",
     "parse_memory_stat", "parse_oom_control", "parse_proc_cgroup", "parse_single_value", "path_components",
-    "read_container_memory", "read_memory_dir", "read_proc_cgroup",
+    "read_container_memory", "read_memory_dir", "read_proc_cgroup", "runtime_hint_from_sockets",
 ]

@@ -27,6 +27,7 @@ pod UID still come out; the QoS class only when the path still shows it.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ from nativewatch.model import ContainerInfo
 
 __all__ = [
     "CgroupMembership", "parse_proc_cgroup", "container_identity", "read_proc_cgroup", "path_components",
+    "runtime_hint_from_sockets",
 ]
 
 _HEX64 = r"[0-9a-f]{64}"
@@ -216,3 +218,21 @@ def read_proc_cgroup(pid: int, proc_root: str = "/proc") -> CgroupMembership:
     from nativewatch import procfs
 
     return parse_proc_cgroup(procfs.read_file(pid, "cgroup", proc_root).decode("utf-8", "replace"))
+
+
+# CRI sockets, most specific first: a cri-dockerd node also runs containerd underneath Docker.
+_CRI_SOCKETS = (
+    ("run/cri-dockerd.sock", "docker"), ("var/run/cri-dockerd.sock", "docker"),
+    ("var/run/dockershim.sock", "docker"),
+    ("run/crio/crio.sock", "cri-o"), ("var/run/crio/crio.sock", "cri-o"),
+    ("run/containerd/containerd.sock", "containerd"), ("var/run/containerd/containerd.sock", "containerd"),
+    ("run/k3s/containerd/containerd.sock", "containerd"),
+)
+
+
+def runtime_hint_from_sockets(host_root: str = "/") -> str | None:
+    """Which CRI runtime a node runs, from the sockets under `host_root` (for `runtime_hint`)."""
+    for rel, runtime in _CRI_SOCKETS:
+        if os.path.exists(os.path.join(host_root, rel)):
+            return runtime
+    return None

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nativewatch.cgroup import CgroupMembership, container_identity, parse_proc_cgroup, path_components
+from nativewatch.cgroup import (
+    CgroupMembership,
+    container_identity,
+    parse_proc_cgroup,
+    path_components,
+    runtime_hint_from_sockets,
+)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "cgroup" / "proc"
 EXPECTED: dict[str, dict] = json.loads((FIXTURES / "expected.json").read_text())
@@ -204,3 +212,34 @@ def test_fuzz_cgroup_like_text_never_raises(text):
     if info is not None:
         assert re.fullmatch(r"[0-9a-f]{64}", info.id)
         assert info.runtime in ("containerd", "cri-o", "docker", "podman", "unknown")
+
+
+def _listen(path: Path) -> socket.socket:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    return sock
+
+
+def test_runtime_hint_from_real_sockets():
+    # A short directory: unix socket paths are limited to 107 bytes.
+    with tempfile.TemporaryDirectory(prefix="nws", dir="/tmp") as tmp:
+        _check_runtime_hints(Path(tmp))
+
+
+def _check_runtime_hints(tmp_path: Path) -> None:
+    assert runtime_hint_from_sockets(str(tmp_path)) is None
+    socks = [_listen(tmp_path / "run/containerd/containerd.sock")]
+    try:
+        assert runtime_hint_from_sockets(str(tmp_path)) == "containerd"
+        socks.append(_listen(tmp_path / "var/run/cri-dockerd.sock"))  # Docker runs on containerd
+        assert runtime_hint_from_sockets(str(tmp_path)) == "docker"
+    finally:
+        for s in socks:
+            s.close()
+    k3s = tmp_path / "k3s"
+    socks = [_listen(k3s / "run/k3s/containerd/containerd.sock")]
+    try:
+        assert runtime_hint_from_sockets(str(k3s)) == "containerd"
+    finally:
+        socks[0].close()
