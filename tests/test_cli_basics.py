@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -71,10 +72,8 @@ def test_human_bytes():
 @given(st.text(max_size=20))
 def test_unit_parsers_raise_only_value_error(text):
     for fn in (parse_bytes, parse_duration):
-        try:
+        with contextlib.suppress(ValueError):
             fn(text)
-        except ValueError:
-            pass
 
 
 def test_snapshot_of_invalid_duration_option_is_a_usage_error(nativewatch_cli):
