@@ -1,0 +1,301 @@
+/* Outstanding native allocations per call site (issue 3).
+ *
+ * One session uprobe program (on_alloc) sits on every malloc-family entry point and on mmap; one
+ * entry-only program (on_free) on free and munmap. Both are attached by nativewatch with
+ * uprobe_multi links scoped to one pid, with a cookie naming the entry point.
+ *
+ * Cost model: every call pays one uprobe trap and a per-CPU counter update. Only allocations picked
+ * by byte sampling (a Poisson process over allocated bytes, mean INTERVAL) read the stack, return
+ * 0 from the entry half so the kernel arms the return half, and enter the address map. Frees pay one
+ * hash lookup. Sites are aggregated here with sampling already scaled back, so user space only reads
+ * summaries.
+ *
+ * Compile-time knobs (-D): TARGET_TGID, INTERVAL (bytes, mean sampling interval), EXACT (1 = record
+ * every allocation), MAX_ALLOCS, MAX_SITES, MAX_STACKS. */
+#include <uapi/linux/ptrace.h>
+#include "malloc_sites.h"
+
+#ifndef TARGET_TGID
+#error "TARGET_TGID must be set"
+#endif
+#ifndef INTERVAL
+#define INTERVAL 524288
+#endif
+#ifndef EXACT
+#define EXACT 0
+#endif
+#ifndef MAX_ALLOCS
+#define MAX_ALLOCS 65536
+#endif
+#ifndef MAX_SITES
+#define MAX_SITES 16384
+#endif
+#ifndef MAX_STACKS
+#define MAX_STACKS 16384
+#endif
+
+struct site_key {
+    s32 stackid;   /* user stack from the frame-pointer chain, or negative if lost */
+    u32 kind;      /* allocating entry point (K_*) */
+    u64 caller;    /* *(u64 *)sp at entry: the immediate caller, correct without frame pointers */
+};
+
+struct site_val {
+    s64 out_bytes;     /* outstanding, scaled back */
+    s64 out_count_fx;  /* outstanding count << FX_SHIFT, scaled back */
+    u64 alloc_bytes;   /* allocated during the profile, scaled back */
+    u64 alloc_count_fx;
+};
+
+struct alloc_val {
+    struct site_key site;
+    u64 size;
+    u64 wbytes;     /* what this allocation added to its site (subtracted again on free) */
+    u64 wcount_fx;
+    u64 ts_ns;
+};
+
+struct pending_val {
+    struct site_key site;
+    u64 size;
+    u64 memptr;     /* posix_memalign's out-pointer */
+    u64 ts_ns;
+};
+
+struct skip_range {
+    u64 lo;
+    u64 hi;
+};
+
+BPF_HASH(allocs, u64, struct alloc_val, MAX_ALLOCS);
+BPF_HASH(sites, struct site_key, struct site_val, MAX_SITES);
+BPF_HASH(pending, u32, struct pending_val, 4096);
+BPF_STACK_TRACE(stacks, MAX_STACKS);
+BPF_ARRAY(counters, u64, N_COUNTERS);
+BPF_PERCPU_ARRAY(remaining, s64, 1);
+BPF_ARRAY(exp_table, u64, EXP_SLOTS);
+BPF_ARRAY(weight_table, u64, WEIGHT_SLOTS);
+BPF_ARRAY(skip_ranges, struct skip_range, MAX_SKIP_RANGES);
+
+static __always_inline void count(u32 slot)
+{
+    u64 *c = counters.lookup(&slot);
+    if (c)
+        __sync_fetch_and_add(c, 1);
+}
+
+/* Scaled-back bytes for one sampled allocation of `size`: size / P(sampled) with
+ * P = 1 - exp(-size / INTERVAL). Linear interpolation in a table user space filled in. */
+static __always_inline u64 scaled_bytes(u64 size)
+{
+#if EXACT
+    return size;
+#else
+    if (size >= 16ULL * INTERVAL)
+        return size;
+    u64 step = INTERVAL / WEIGHT_STEPS;
+    if (step == 0)
+        step = 1;
+    u32 i = size / step;
+    u32 j = i + 1;
+    u64 *a = weight_table.lookup(&i);
+    u64 *b = weight_table.lookup(&j);
+    if (!a || !b)
+        return size;
+    u64 frac = size - (u64)i * step;
+    if (*b >= *a)
+        return *a + (*b - *a) * frac / step;
+    return *a - (*a - *b) * frac / step;
+#endif
+}
+
+/* Byte sampling: a per-CPU countdown to the next sample point, redrawn from an exponential
+ * distribution after each sample. Returns 1 when this allocation is sampled. */
+static __always_inline int sample(u64 size)
+{
+#if EXACT
+    return 1;
+#else
+    u32 zero = 0;
+    s64 *rem = remaining.lookup(&zero);
+    if (!rem)
+        return 0;
+    if (*rem > (s64)size) {
+        *rem -= size;
+        return 0;
+    }
+    u32 slot = bpf_get_prandom_u32() & (EXP_SLOTS - 1);
+    u64 *next = exp_table.lookup(&slot);
+    *rem = next ? (s64)*next : (s64)INTERVAL;
+    return 1;
+#endif
+}
+
+static __always_inline int in_skip_range(u64 addr)
+{
+#pragma unroll
+    for (u32 i = 0; i < MAX_SKIP_RANGES; i++) {
+        u32 k = i;
+        struct skip_range *r = skip_ranges.lookup(&k);
+        if (!r || r->hi == 0)
+            return 0;
+        if (addr >= r->lo && addr < r->hi)
+            return 1;
+    }
+    return 0;
+}
+
+static __always_inline void release(u64 addr, int unmatched_counts)
+{
+    struct alloc_val *a = allocs.lookup(&addr);
+    if (!a) {
+        if (EXACT && unmatched_counts)
+            count(C_UNMATCHED_FREE);
+        return;
+    }
+    struct site_val *s = sites.lookup(&a->site);
+    if (s) {
+        __sync_fetch_and_add(&s->out_bytes, -(s64)a->wbytes);
+        __sync_fetch_and_add(&s->out_count_fx, -(s64)a->wcount_fx);
+    }
+    allocs.delete(&addr);
+}
+
+static __always_inline int alloc_return(struct pt_regs *ctx, u32 tid)
+{
+    struct pending_val *p = pending.lookup(&tid);
+    if (!p) {
+        count(C_EVENTS_LOST);
+        return 0;
+    }
+    struct pending_val pv = *p;
+    pending.delete(&tid);
+
+    u64 ptr = PT_REGS_RC(ctx);
+    if (pv.site.kind == K_POSIX_MEMALIGN) {
+        if (ptr != 0)
+            return 0;
+        ptr = 0;
+        bpf_probe_read_user(&ptr, sizeof(ptr), (void *)pv.memptr);
+    }
+    if (ptr == 0 || ptr >= (u64)-4095)
+        return 0;
+
+    u64 wbytes = scaled_bytes(pv.size);
+    u64 wcount = pv.size ? (wbytes << FX_SHIFT) / pv.size : (1ULL << FX_SHIFT);
+
+    struct site_val zero = {};
+    struct site_val *s = sites.lookup_or_try_init(&pv.site, &zero);
+    if (!s) {
+        count(C_SITES_FULL);
+        return 0;
+    }
+    __sync_fetch_and_add(&s->alloc_bytes, wbytes);
+    __sync_fetch_and_add(&s->alloc_count_fx, wcount);
+
+    /* An address still present means its free was missed: retire the old record first. */
+    release(ptr, 0);
+    struct alloc_val a = {};
+    a.site = pv.site;
+    a.size = pv.size;
+    a.wbytes = wbytes;
+    a.wcount_fx = wcount;
+    a.ts_ns = pv.ts_ns;
+    if (allocs.update(&ptr, &a) != 0) {
+        count(C_MAP_FULL);
+        return 0;
+    }
+    __sync_fetch_and_add(&s->out_bytes, (s64)wbytes);
+    __sync_fetch_and_add(&s->out_count_fx, (s64)wcount);
+    return 0;
+}
+
+int on_alloc(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if ((id >> 32) != TARGET_TGID)
+        return 1;
+    /* Session probe: the same program runs at entry and (when entry returned 0) at return, where
+     * the instruction pointer is the caller's return address instead of the probed address. */
+    if (PT_REGS_IP(ctx) != bpf_get_func_ip(ctx))
+        return alloc_return(ctx, (u32)id);
+
+    u32 kind = (u32)bpf_get_attach_cookie(ctx);
+    u64 size = 0, memptr = 0, old = 0;
+    switch (kind) {
+    case K_MALLOC:
+    case K_VALLOC:
+        size = PT_REGS_PARM1(ctx);
+        break;
+    case K_PVALLOC:
+        size = (PT_REGS_PARM1(ctx) + 4095) & ~4095ULL;
+        break;
+    case K_CALLOC:
+        size = PT_REGS_PARM1(ctx) * PT_REGS_PARM2(ctx);
+        break;
+    case K_REALLOC:
+        old = PT_REGS_PARM1(ctx);
+        size = PT_REGS_PARM2(ctx);
+        break;
+    case K_REALLOCARRAY:
+        old = PT_REGS_PARM1(ctx);
+        size = PT_REGS_PARM2(ctx) * PT_REGS_PARM3(ctx);
+        break;
+    case K_POSIX_MEMALIGN:
+        memptr = PT_REGS_PARM1(ctx);
+        size = PT_REGS_PARM3(ctx);
+        break;
+    case K_MEMALIGN:
+        size = PT_REGS_PARM2(ctx);
+        break;
+    case K_MMAP:
+        size = PT_REGS_PARM2(ctx);
+        /* only anonymous mappings are native memory; file mappings are the `file` category */
+        if (!(PT_REGS_PARM4(ctx) & 0x20))
+            return 1;
+        break;
+    default:
+        return 1;
+    }
+    if (old)
+        release(old, 1);
+
+    u64 caller = 0;
+    bpf_probe_read_user(&caller, sizeof(caller), (void *)PT_REGS_SP(ctx));
+    if (kind == K_MMAP && in_skip_range(caller)) {
+        /* the allocator's own mmaps are already counted through malloc */
+        count(C_SKIPPED_MMAP);
+        return 1;
+    }
+    if (!sample(size))
+        return 1;
+    count(C_SAMPLED);
+
+    struct pending_val pv = {};
+    pv.site.kind = kind;
+    pv.site.caller = caller;
+    pv.site.stackid = stacks.get_stackid(ctx, BPF_F_USER_STACK);
+    if (pv.site.stackid < 0)
+        count(C_STACK_LOST);
+    pv.size = size;
+    pv.memptr = memptr;
+    pv.ts_ns = bpf_ktime_get_ns();
+    u32 tid = (u32)id;
+    if (pending.lookup(&tid))
+        count(C_EVENTS_LOST);  /* nested sampled call: the outer one is given up */
+    pending.update(&tid, &pv);
+    return 0;
+}
+
+int on_free(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if ((id >> 32) != TARGET_TGID)
+        return 0;
+    u64 addr = PT_REGS_PARM1(ctx);
+    if (addr == 0)
+        return 0;
+    /* munmap of an address never tracked is normal (file mappings, the allocator's own) */
+    release(addr, bpf_get_attach_cookie(ctx) == F_FREE);
+    return 0;
+}

@@ -1,0 +1,35 @@
+/* Shared layout between bpf/malloc_sites.c and nativewatch/malloc_profile/probes.py.
+ * Keep the structs' field order and the constants in sync with probes.py (it mirrors them with ctypes). */
+#ifndef NATIVEWATCH_MALLOC_SITES_H
+#define NATIVEWATCH_MALLOC_SITES_H
+
+/* Attach cookies: which allocator entry point a probe sits on. */
+#define K_MALLOC 1
+#define K_CALLOC 2
+#define K_REALLOC 3
+#define K_REALLOCARRAY 4
+#define K_POSIX_MEMALIGN 5
+#define K_MEMALIGN 6 /* memalign, aligned_alloc: (alignment, size) */
+#define K_VALLOC 7
+#define K_PVALLOC 8
+#define K_MMAP 9
+#define F_FREE 1
+#define F_MUNMAP 2
+
+/* counters[] slots */
+#define C_EVENTS_LOST 0   /* a sampled call's return was never matched (nesting, longjmp, exit) */
+#define C_MAP_FULL 1      /* allocs map full: sampled allocation not tracked */
+#define C_UNMATCHED_FREE 2 /* exact mode: free/munmap of an address never seen allocated */
+#define C_STACK_LOST 3    /* bpf_get_stackid failed: site keeps only the immediate caller */
+#define C_SITES_FULL 4    /* sites map full */
+#define C_SAMPLED 5       /* sampled allocations */
+#define C_SKIPPED_MMAP 6  /* mmaps made by the allocator or libc themselves (not counted twice) */
+#define N_COUNTERS 8
+
+#define WEIGHT_STEPS 256  /* weight table resolution: interval / 256 */
+#define WEIGHT_SLOTS 4097 /* covers sizes [0, 16 * interval]; above that the weight is 1 */
+#define EXP_SLOTS 1024
+#define FX_SHIFT 16       /* fixed point for scaled counts */
+#define MAX_SKIP_RANGES 16
+
+#endif

@@ -1,0 +1,135 @@
+"""run_profile: resolve -> load -> attach -> poll (symbolize new sites, publish top sites) -> detach.
+
+Sites are symbolized while the target is alive (on every poll, only keys not seen before), and the
+symbolizer keeps the mapped files open, so a target that exits mid-profile still gets named frames.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from nativewatch.errors import ProcessGone
+from nativewatch.malloc_profile import probes
+from nativewatch.malloc_profile.resolve import resolve
+from nativewatch.malloc_profile.result import ProfileResult, Site, sort_sites
+from nativewatch.malloc_profile.state import remove_state, write_state
+from nativewatch.malloc_profile.symbolize import Symbolizer
+from nativewatch.procfs import read_status
+
+__all__ = ["run_profile", "DEFAULT_INTERVAL"]
+
+DEFAULT_INTERVAL = 524288
+_SiteKey = tuple[int, int, int]
+
+
+def _alive(pid: int, proc_root: str) -> bool:
+    try:
+        return read_status(pid, proc_root).state not in ("Z", "X")
+    except ProcessGone:
+        return False
+
+
+class _Collector:
+    def __init__(self, loaded: probes.Loaded, sym: Symbolizer) -> None:
+        self.loaded = loaded
+        self.sym = sym
+        self.frames: dict[_SiteKey, tuple[str, ...]] = {}
+
+    def symbolize_new(self, raw: list[probes.RawSite]) -> None:
+        for r in raw:
+            key = (r.stackid, r.kind, r.caller)
+            if key not in self.frames:
+                stack = probes.read_stack(self.loaded, r.stackid)
+                self.frames[key] = tuple(self.sym.site_frames(r.caller, stack)) or (f"0x{r.caller:x} (?)",)
+
+    def sites(self, raw: list[probes.RawSite], oldest: dict[_SiteKey, int] | None,
+              now_ns: int) -> tuple[Site, ...]:
+        self.symbolize_new(raw)
+        merged: dict[tuple[str, ...], list[int]] = {}
+        for r in raw:
+            key = (r.stackid, r.kind, r.caller)
+            acc = merged.setdefault(self.frames[key], [0, 0, 0, 0, 0])
+            acc[0] += r.out_bytes
+            acc[1] += r.out_count
+            acc[2] += r.alloc_bytes
+            acc[3] += r.alloc_count
+            ts = (oldest or {}).get(key)
+            if ts is not None and (acc[4] == 0 or ts < acc[4]):
+                acc[4] = ts
+        return sort_sites([
+            Site(frames=f, outstanding_bytes=a[0], outstanding_allocations=a[1], allocated_bytes=a[2],
+                 allocated_allocations=a[3],
+                 oldest_age_s=(round(max(0, now_ns - a[4]) / 1e9, 3) if a[4] and a[0] > 0 else None))
+            for f, a in merged.items()])
+
+
+def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_bytes: int = DEFAULT_INTERVAL,
+                stop: threading.Event | None = None, proc_root: str = "/proc",
+                on_attached: Callable[[], None] | None = None, poll_s: float = 1.0,
+                state_directory: Path | None = None, max_allocs: int | None = None,
+                top_n_state: int = 10) -> ProfileResult:
+    """Profile pid's outstanding native allocations for duration_s seconds (or until `stop` is set or
+    the target exits). Raises ProcessGone if pid is gone before attaching, SourceUnavailable if eBPF
+    cannot be used."""
+    if duration_s <= 0:
+        raise ValueError("duration must be positive")
+    plan = resolve(pid, proc_root)
+    cflags = probes.build_cflags(pid, mode=mode, interval_bytes=interval_bytes, max_allocs=max_allocs)
+    loaded = probes.load(cflags, mode=mode, interval_bytes=interval_bytes)
+    sym = Symbolizer(pid, proc_root, allocator_ranges=plan.allocator_ranges,
+                     allocator_symbols=plan.allocator_symbols)
+    col = _Collector(loaded, sym)
+    exited = False
+    try:
+        probes.attach(loaded, plan)
+        t0 = time.monotonic()
+        wall0 = time.time()
+        if on_attached is not None:
+            on_attached()
+        deadline = t0 + duration_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            wait = min(poll_s, left)
+            if stop is not None:
+                if stop.wait(wait):
+                    break
+            else:
+                time.sleep(wait)
+            if not _alive(pid, proc_root):
+                exited = True
+                break
+            try:
+                sym.refresh()
+            except ProcessGone:
+                exited = True
+                break
+            current = col.sites(probes.read_sites(loaded), None, time.monotonic_ns())
+            write_state(pid, [s.to_json() for s in current[:top_n_state]], started=wall0, mode=mode,
+                        interval_bytes=interval_bytes if mode == "sampled" else 0, directory=state_directory)
+        probes.detach(loaded)
+        elapsed = time.monotonic() - t0
+        now_ns = time.monotonic_ns()
+        raw = probes.read_sites(loaded)
+        oldest = probes.read_oldest(loaded)
+        counters = probes.read_counters(loaded)
+        sites = col.sites(raw, oldest, now_ns)
+    finally:
+        probes.close(loaded)
+        sym.close()
+        remove_state(pid, state_directory)
+    lost = {"events": counters["events_lost"], "map_full": counters["map_full"] + counters["sites_full"],
+            "unmatched_frees": counters["unmatched_frees"], "stack_lost": counters["stack_lost"]}
+    problems = list(plan.problems) + sym.problems
+    if mode == "sampled":
+        problems.append("unmatched_frees is only counted in exact mode (in sampled mode most frees are "
+                        "of unsampled blocks)")
+    return ProfileResult(pid=pid, duration_s=elapsed, mode=mode,
+                         sampling_interval_bytes=interval_bytes if mode == "sampled" else 0, sites=sites,
+                         lost=lost, allocator=plan.provider, allocator_kind=plan.provider_kind,
+                         target_exited=exited, sampled_allocations=counters["sampled"], start_time=wall0,
+                         problems=tuple(problems))

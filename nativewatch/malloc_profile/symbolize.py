@@ -1,0 +1,307 @@
+"""Turn a target's user-space addresses into "function (object)" frames.
+
+- Files are opened through /proc/PID/map_files/<range> (the exact inode mapped, also in containers and
+  after the file was replaced on disk), and the fds are kept open after each refresh() so frames of a
+  process that exited mid-profile still resolve.
+- Symbols: pyelftools, .symtab and .dynsym, parsed once per build id (elfimage's cache).
+- JIT frames: /tmp/perf-<nspid>.map inside the target's root, opened with openat2(RESOLVE_IN_ROOT) so
+  symlinks planted by the target cannot lead outside its root. Falls back to a component-by-component
+  O_NOFOLLOW walk on kernels without openat2.
+- C++ names: demangled in batches by binutils' c++filt in a subprocess. Symbol names come from the
+  target's files and are untrusted; a crafted name that sends a demangler into deep recursion then
+  kills only that subprocess (a timeout bounds it too), not the agent, and a correct Itanium demangler
+  is far too large to write here. Without c++filt, names stay mangled.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import struct
+import subprocess
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from nativewatch.errors import ProcessGone
+from nativewatch.malloc_profile.elfimage import ElfImage, image_for_fd
+from nativewatch.procfs import read_maps, read_status
+
+__all__ = ["Symbolizer", "demangle", "open_in_root", "parse_perf_map"]
+
+_MAX_PERF_MAP_BYTES = 64 << 20
+
+
+@dataclass
+class _Region:
+    start: int
+    end: int
+    offset: int
+    path: str
+    fd: int | None
+    image: ElfImage | None = None
+    loaded: bool = False
+
+
+class Symbolizer:
+    def __init__(self, pid: int, proc_root: str = "/proc", *,
+                 allocator_ranges: Sequence[tuple[int, int]] = (),
+                 allocator_symbols: Iterable[str] = ()) -> None:
+        self.pid = pid
+        self.proc_root = proc_root
+        self.allocator_ranges = tuple(allocator_ranges)
+        self.allocator_symbols = frozenset(allocator_symbols)
+        self._regions: list[_Region] = []
+        self._starts: list[int] = []
+        self._anon_exec: list[tuple[int, int]] = []
+        self._perf: tuple[list[int], list[tuple[int, str]]] | None = None
+        self._cache: dict[tuple[int, bool], str] = {}
+        self._lock = threading.Lock()
+        self.problems: list[str] = []
+        with contextlib.suppress(ProcessGone):
+            self.refresh()
+
+    # ---- mappings ------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Re-read the maps; open (and keep open) each new executable file mapping."""
+        maps = read_maps(self.pid, self.proc_root)
+        known = {(r.start, r.end, r.path) for r in self._regions}
+        new: list[_Region] = []
+        anon: list[tuple[int, int]] = []
+        for m in maps.mappings:
+            if "x" not in m.perms:
+                continue
+            if not m.path.startswith("/") or m.inode == 0:
+                anon.append((m.start, m.end))
+                continue
+            if (m.start, m.end, m.path) in known:
+                continue
+            try:
+                fd: int | None = os.open(f"{self.proc_root}/{self.pid}/map_files/{m.start:x}-{m.end:x}",
+                                         os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                fd = None
+                self.problems.append(f"cannot open {m.path}: {exc.strerror}")
+            new.append(_Region(m.start, m.end, m.offset, m.path, fd))
+        with self._lock:
+            if new:
+                self._regions.extend(new)
+                self._regions.sort(key=lambda r: r.start)
+                self._starts = [r.start for r in self._regions]
+            self._anon_exec = anon
+
+    def close(self) -> None:
+        with self._lock:
+            for r in self._regions:
+                if r.fd is not None:
+                    os.close(r.fd)
+                    r.fd = None
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def _region(self, addr: int) -> _Region | None:
+        i = bisect.bisect_right(self._starts, addr) - 1
+        # later mappings at the same address (after munmap+mmap) come last: prefer them
+        for j in range(i, max(i - 4, -1), -1):
+            r = self._regions[j]
+            if r.start <= addr < r.end:
+                return r
+        return None
+
+    def _image(self, r: _Region) -> ElfImage | None:
+        if not r.loaded:
+            r.loaded = True
+            if r.fd is not None:
+                try:
+                    r.image = image_for_fd(r.fd)
+                except OSError as exc:
+                    self.problems.append(f"{r.path}: {exc.strerror}")
+        return r.image
+
+    def is_executable(self, addr: int) -> bool:
+        return self._region(addr) is not None or any(lo <= addr < hi for lo, hi in self._anon_exec) \
+            or self._perf_lookup(addr) is not None
+
+    # ---- lookup --------------------------------------------------------------------------------
+    def _raw_frame(self, addr: int, is_return: bool) -> tuple[str, str, bool]:
+        """(function or hex, object basename, is_allocator_frame) for one address."""
+        look = addr - 1 if is_return and addr > 0 else addr
+        r = self._region(look)
+        if r is None:
+            name = self._perf_lookup(look)
+            if name is not None:
+                return name, "[jit]", False
+            return f"0x{addr:x}", "?", False
+        obj = os.path.basename(r.path.removesuffix(" (deleted)"))
+        file_off = look - r.start + r.offset
+        img = self._image(r)
+        sym = None
+        if img is not None:
+            vaddr = img.vaddr_of_offset(file_off)
+            if vaddr is not None:
+                sym = img.symbol_at(vaddr)
+        in_alloc = any(lo <= look < hi for lo, hi in self.allocator_ranges)
+        if sym is None:
+            return f"0x{file_off:x}", obj, in_alloc
+        base = sym.split("@")[0]
+        return base, obj, in_alloc or base in self.allocator_symbols
+
+    def frames(self, addresses: Sequence[int], *, first_is_return: bool = False) -> list[str]:
+        """Frames for a stack, leaf first. The first address is taken as an exact instruction pointer
+        (unless first_is_return), the others as return addresses (looked up at addr - 1)."""
+        raws = [self._raw_frame(a, i > 0 or first_is_return) for i, a in enumerate(addresses)]
+        names = demangle([n for n, _, _ in raws])
+        return [f"{n} ({o})" for n, (_, o, _) in zip(names, raws, strict=True)]
+
+    def site_frames(self, caller: int, stack: Sequence[int]) -> list[str]:
+        """Frames of one allocation site: the immediate caller read at *(sp) on entry, then the
+        frame-pointer stack minus its first entry (the probed allocator instruction). Frames that fall
+        outside any executable mapping end the stack (a frame-pointer walk through code built without
+        frame pointers runs off into garbage); leading allocator frames are trimmed."""
+        addrs: list[int] = [caller] if caller else []
+        for a in stack[1:]:
+            if addrs and a == addrs[-1]:
+                continue
+            addrs.append(a)
+        kept: list[tuple[str, str, bool]] = []
+        for a in addrs:
+            if not self.is_executable(a - 1):
+                break
+            kept.append(self._raw_frame(a, True))
+        while len(kept) > 1 and kept[0][2]:
+            kept.pop(0)
+        names = demangle([n for n, _, _ in kept])
+        return [f"{n} ({o})" for n, (_, o, _) in zip(names, kept, strict=True)]
+
+    # ---- JIT perf map --------------------------------------------------------------------------
+    def _perf_lookup(self, addr: int) -> str | None:
+        if not self._anon_exec or not any(lo <= addr < hi for lo, hi in self._anon_exec):
+            return None
+        if self._perf is None:
+            self._perf = self._load_perf_map()
+        starts, entries = self._perf
+        i = bisect.bisect_right(starts, addr) - 1
+        if i >= 0 and addr < entries[i][0]:
+            return entries[i][1]
+        return None
+
+    def _load_perf_map(self) -> tuple[list[int], list[tuple[int, str]]]:
+        try:
+            nspid = read_status(self.pid, self.proc_root).nspid
+        except ProcessGone:
+            return [], []
+        inner = nspid[-1] if nspid else self.pid
+        try:
+            data = open_in_root(f"{self.proc_root}/{self.pid}/root", f"tmp/perf-{inner}.map",
+                                _MAX_PERF_MAP_BYTES)
+        except OSError:
+            return [], []
+        return parse_perf_map(data)
+
+
+def parse_perf_map(data: bytes) -> tuple[list[int], list[tuple[int, str]]]:
+    """Parse "START SIZE name" lines (hex); bad lines are skipped. Returns sorted starts and
+    (end, name) per start."""
+    rows: list[tuple[int, int, str]] = []
+    for line in data.split(b"\n"):
+        parts = line.split(b" ", 2)
+        if len(parts) != 3:
+            continue
+        try:
+            start = int(parts[0], 16)
+            size = int(parts[1], 16)
+        except ValueError:
+            continue
+        if size <= 0:
+            continue
+        rows.append((start, start + size, parts[2].decode("utf-8", "replace").strip()))
+    rows.sort()
+    return [r[0] for r in rows], [(r[1], r[2]) for r in rows]
+
+
+# ---- safe open under a root --------------------------------------------------------------------
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_IN_ROOT = 0x10
+_SYS_OPENAT2 = 437
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def open_in_root(root: str, relpath: str, limit: int) -> bytes:
+    """Read at most `limit` bytes of relpath resolved inside root: absolute symlinks and '..' stay
+    within root (openat2 RESOLVE_IN_ROOT), or any symlink is refused (fallback)."""
+    dirfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        path = ctypes.create_string_buffer(os.fsencode(relpath))
+        how = struct.pack("<QQQ", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK, 0,
+                          _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+        fd = _libc.syscall(_SYS_OPENAT2, ctypes.c_int(dirfd), path, ctypes.c_char_p(how),
+                           ctypes.c_size_t(len(how)))
+        if fd < 0:
+            err = ctypes.get_errno()
+            if err not in (errno.ENOSYS, errno.EPERM):
+                raise OSError(err, os.strerror(err), relpath)
+            fd = _walk_nofollow(dirfd, relpath)
+        try:
+            st = os.fstat(fd)
+            if not (st.st_mode & 0o170000 == 0o100000):
+                raise OSError(errno.EINVAL, "not a regular file", relpath)
+            chunks = []
+            remaining = limit
+            while remaining > 0:
+                b = os.read(fd, min(remaining, 1 << 20))
+                if not b:
+                    break
+                chunks.append(b)
+                remaining -= len(b)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dirfd)
+
+
+def _walk_nofollow(dirfd: int, relpath: str) -> int:
+    parts = [p for p in relpath.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise OSError(errno.EPERM, "'..' refused", relpath)
+    cur = os.dup(dirfd)
+    try:
+        for p in parts[:-1]:
+            nxt = os.open(p, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cur)
+            os.close(cur)
+            cur = nxt
+        return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=cur)
+    finally:
+        os.close(cur)
+
+
+# ---- demangling --------------------------------------------------------------------------------
+_demangled: dict[str, str] = {}
+_demangle_lock = threading.Lock()
+
+
+def demangle(names: Sequence[str], *, timeout_s: float = 5.0) -> list[str]:
+    """Demangle C++ (Itanium) names in one c++filt call; other names pass through unchanged."""
+    with _demangle_lock:
+        todo = sorted({n for n in names if n.startswith("_Z") and n not in _demangled
+                       and "\n" not in n and len(n) < 4096})
+    exe = shutil.which("c++filt")
+    if todo and exe:
+        try:
+            out = subprocess.run([exe], input="\n".join(todo) + "\n", capture_output=True, text=True,
+                                 timeout=timeout_s, check=False).stdout.split("\n")
+            with _demangle_lock:
+                for n, d in zip(todo, out, strict=False):
+                    _demangled[n] = d or n
+        except (OSError, subprocess.SubprocessError):
+            pass
+    with _demangle_lock:
+        return [_demangled.get(n, n) for n in names]

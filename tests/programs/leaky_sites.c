@@ -1,0 +1,86 @@
+/* Allocation-site test target for `nativewatch profile` (issue 3).
+ *
+ * Waits for a command line on stdin so the test can attach probes first, then does the work and
+ * prints the ground truth it created:
+ *   "go N"    : N rounds of leaky_cache_insert (retained) + churn_work (freed again)
+ *   "mmap N"  : N anonymous mmaps of 256 KiB retained by leaky_mmap_region
+ *   "quit"    : exit(0)
+ * Replies "done leaked=<bytes> allocs=<n> churned=<bytes>" or "mapped=<bytes> maps=<n>". Stays
+ * alive until "quit" or EOF so a profile can look at outstanding memory. */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+struct entry { struct entry *next; size_t len; char data[]; };
+static struct entry *cache_head;
+static unsigned long rng = 88172645463325252UL;
+
+static unsigned long next_rand(void)
+{
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return rng;
+}
+
+__attribute__((noinline)) size_t leaky_cache_insert(size_t len)
+{
+    struct entry *e = malloc(sizeof(*e) + len);
+    if (!e) abort();
+    memset(e->data, 0x5a, len);
+    e->len = len;
+    e->next = cache_head;
+    cache_head = e;
+    return sizeof(*e) + len;
+}
+
+__attribute__((noinline)) size_t churn_work(int n)
+{
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        size_t len = 16 + next_rand() % 4096;
+        char *p = malloc(len);
+        if (!p) abort();
+        p[0] = (char)i;
+        total += len;
+        char *q = calloc(1, len / 2 + 1);
+        q = realloc(q, len);
+        free(p);
+        free(q);
+    }
+    return total;
+}
+
+__attribute__((noinline)) size_t leaky_mmap_region(size_t len)
+{
+    char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) abort();
+    memset(p, 1, len);
+    return len;
+}
+
+int main(void)
+{
+    char line[128];
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    printf("ready\n");
+    while (fgets(line, sizeof(line), stdin)) {
+        long n = 0;
+        if (sscanf(line, "go %ld", &n) == 1) {
+            size_t leaked = 0, churned = 0;
+            for (long i = 0; i < n; i++) {
+                leaked += leaky_cache_insert(512 + next_rand() % 7680);
+                churned += churn_work(20);
+            }
+            printf("done leaked=%zu allocs=%ld churned=%zu\n", leaked, n, churned);
+        } else if (sscanf(line, "mmap %ld", &n) == 1) {
+            size_t mapped = 0;
+            for (long i = 0; i < n; i++)
+                mapped += leaky_mmap_region(256 * 1024);
+            printf("mapped=%zu maps=%ld\n", mapped, n);
+        } else if (strncmp(line, "quit", 4) == 0) {
+            return 0;
+        }
+    }
+    return 0;
+}
