@@ -124,14 +124,15 @@ def test_unit_tests_catch_a_floor_rule_that_ignores_the_floor(tmp_path):
     """The sawtooth case must be able to fail: the same tests against a rule fitted on the raw level
     over a short window (the naive rule) must report the sawtooth firing."""
     rules = RULES.read_text().replace(
-        "deriv(nativewatch:container_memory_floor_bytes:min30m[2h]) * 3600 > 2e6",
-        "deriv(nativewatch_container_memory_bytes[5m]) * 3600 > 2e6")
+        "deriv(nativewatch:container_memory_floor_bytes:min30m[2h]) * 3600 / 1e6 > 2",
+        "deriv(nativewatch_container_memory_bytes[5m]) * 3600 / 1e6 > 2")
     rules = rules.replace(
-        "deriv(nativewatch:container_memory_floor_bytes:min30m[6h]) * 3600 > 2e6",
-        "deriv(nativewatch_container_memory_bytes[5m]) * 3600 > 2e6")
+        "deriv(nativewatch:container_memory_floor_bytes:min30m[6h]) * 3600 / 1e6 > 2",
+        "deriv(nativewatch_container_memory_bytes[5m]) * 3600 / 1e6 > 2")
     rules = rules.replace("count_over_time(nativewatch:container_memory_floor_bytes:min30m[6h]) > 300",
                           "count_over_time(nativewatch_container_memory_bytes[6h]) > 300")
     rules = rules.replace("for: 30m", "for: 1m", 1)
+    assert rules.count("nativewatch_container_memory_bytes[5m]") == 2
     (tmp_path / "rules.yml").write_text(rules)
     (tmp_path / "rules_test.yml").write_text(RULES_TEST.read_text())
     out = subprocess.run([PROMTOOL, "test", "rules", "rules_test.yml"], cwd=tmp_path,
