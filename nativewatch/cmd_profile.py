@@ -1,0 +1,81 @@
+"""`nativewatch profile --pid PID --duration 30s [--json] [-o native.pb.gz]`: outstanding native
+allocations by call stack, measured with eBPF uprobes on the allocator the process really uses."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+
+import click
+
+from nativewatch.clickutil import DURATION, SIZE, fail, pid_errors
+from nativewatch.errors import AccessDenied, ProcessGone, SourceUnavailable
+from nativewatch.malloc_profile import probes
+from nativewatch.malloc_profile.pprof import write_pprof
+from nativewatch.malloc_profile.result import ProfileResult
+from nativewatch.malloc_profile.runner import DEFAULT_INTERVAL, run_profile
+from nativewatch.units import human_bytes
+
+
+def render_text(r: ProfileResult, top: int) -> str:
+    lines = [f"pid {r.pid}: {r.mode} profile over {r.duration_s:.1f}s, allocator {r.allocator or '?'}"
+             + (f", sampling every {human_bytes(r.sampling_interval_bytes)} on average"
+                if r.sampling_interval_bytes else "")
+             + (" (target exited)" if r.target_exited else ""),
+             f"outstanding: {human_bytes(r.total_outstanding_bytes)} in {len(r.sites)} sites; lost: "
+             + ", ".join(f"{k}={v}" for k, v in r.lost.items()),
+             f"{'OUTSTANDING':>12} {'COUNT':>9} {'ALLOCATED':>12} {'AGE':>8}  SITE"]
+    for s in r.sites[:top]:
+        age = f"{s.oldest_age_s:.1f}s" if s.oldest_age_s is not None else "-"
+        lines.append(f"{human_bytes(s.outstanding_bytes):>12} {s.outstanding_allocations:>9} "
+                     f"{human_bytes(s.allocated_bytes):>12} {age:>8}  {' <- '.join(s.frames[:4])}")
+    return "\n".join(lines)
+
+
+@click.command("profile")
+@click.option("--pid", "-p", type=int, required=True, help="Process to profile.")
+@click.option("--duration", "-d", type=DURATION, default="30s", show_default=True, help="How long to watch.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON contract instead of a table.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write a gzipped pprof profile here.")
+@click.option("--mode", type=click.Choice(["sampled", "exact"]), default="sampled", show_default=True,
+              help="sampled: byte-based sampling (low overhead); exact: record every allocation.")
+@click.option("--interval", type=SIZE, default=str(DEFAULT_INTERVAL), show_default=True,
+              help="Mean sampling interval in bytes (sampled mode).")
+@click.option("--top", type=int, default=20, show_default=True, help="Rows in the table.")
+@click.option("--proc-root", default="/proc", show_default=True, hidden=True)
+@click.option("--dump-bpf", is_flag=True, hidden=True, help="Print the final BPF program and exit.")
+def command(pid: int, duration: float, as_json: bool, output: str | None, mode: str, interval: int, top: int,
+            proc_root: str, dump_bpf: bool) -> None:
+    """Outstanding malloc/mmap memory by call stack (sites sorted by bytes, with age)."""
+    if pid <= 0:
+        fail(f"invalid pid: {pid}")
+    if duration <= 0:
+        fail("duration must be positive")
+    try:
+        cflags = probes.build_cflags(pid, mode=mode, interval_bytes=interval)
+    except ValueError as exc:
+        fail(str(exc))
+    if dump_bpf:
+        click.echo(probes.dump_source(cflags))
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def attached() -> None:
+        click.echo(f"nativewatch: profiling pid {pid} for {duration:g}s (Ctrl-C stops early)", err=True)
+
+    try:
+        result = run_profile(pid, duration, mode=mode, interval_bytes=interval, stop=stop, proc_root=proc_root,
+                             on_attached=attached)
+    except (ProcessGone, AccessDenied) as exc:
+        pid_errors(pid, exc)
+    except SourceUnavailable as exc:
+        fail(str(exc))
+    if output:
+        write_pprof(result, output)
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    else:
+        click.echo(render_text(result, top))
