@@ -9,7 +9,7 @@ import click
 from nativewatch import __version__
 
 # Each name is a module nativewatch.cmd_<name> exposing a click command called `command`.
-COMMAND_MODULES: tuple[str, ...] = ("snapshot", "top", "doctor", "soak", "jcmd", "agent", "evidence")
+COMMAND_MODULES: tuple[str, ...] = ("snapshot", "top", "doctor", "soak", "jcmd", "agent", "evidence", "profile", "diff")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
