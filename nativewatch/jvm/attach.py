@@ -188,12 +188,20 @@ def _open_socket_node(tmp_fd: int, name: str, euid: int) -> int | None:
     return fd
 
 
-def _create_trigger(tmp_fd: int, name: str) -> tuple[int, int] | None:
-    """Create the trigger file; returns (dev, ino) of the file we made, None if one already exists."""
+def _create_trigger(tmp_fd: int, name: str, euid: int) -> tuple[int, int] | None:
+    """Create the trigger file; returns (dev, ino) of the file we made, None if a usable one exists.
+
+    An existing trigger is only accepted as a regular file owned by the JVM's user or root (what the
+    JVM itself accepts); anything else - a symlink planted to make the JVM, or us, look elsewhere - is
+    refused, because the JVM would then miss the trigger and answer SIGQUIT with a thread dump.
+    """
     try:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=tmp_fd)
     except FileExistsError:
+        st = os.stat(name, dir_fd=tmp_fd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (euid, 0):
+            raise AttachRefused(f"{name} exists and is not a regular file of the JVM's user") from None
         return None
     st = os.fstat(fd)
     os.close(fd)
@@ -235,7 +243,7 @@ def _connect(pid: int, proc_root: str, deadline: float, pidfd: int | None) -> tu
         if node is None:
             trig_name = f".attach_pid{ids.nspid}"
             with _as_target(ids.euid, ids.egid):
-                ident = _create_trigger(tmp_fd, trig_name)
+                ident = _create_trigger(tmp_fd, trig_name, ids.euid)
             try:
                 if pidfd is not None:
                     signal.pidfd_send_signal(pidfd, signal.SIGQUIT)

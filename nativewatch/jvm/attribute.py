@@ -41,7 +41,7 @@ from nativewatch.jvm import attach, hsperf, nmt
 from nativewatch.model import CATEGORIES
 from nativewatch.procfs import Mapping
 
-__all__ = ["JvmAttribution", "attribute_jvm", "design_category", "apportion", "split_by_regions",
+__all__ = ["JvmAttribution", "attribute_jvm", "refine", "design_category", "apportion", "split_by_regions",
            "find_reservation", "nmt_baseline", "nmt_diff", "fetch_nmt", "NmtFetch"]
 
 PAGE = 4096
@@ -94,7 +94,10 @@ def apportion(total: int, weights: Sequence[int]) -> list[int]:
     return base
 
 
-Region = tuple[int, int, str]  # [start, end) and the raw NMT category name
+# [start, end), the raw NMT category name, and whether NMT says the range is committed (False for the
+# reserved-only gaps of a region: resident pages there are the category's, but a size-based split
+# gives them no weight, since memory NMT has not committed is not resident).
+Region = tuple[int, int, str, bool]
 
 
 def split_by_regions(m: Mapping, regions: Sequence[Region],
@@ -105,32 +108,32 @@ def split_by_regions(m: Mapping, regions: Sequence[Region],
     came from counted pages (or needed none) rather than from sizes.
     """
     rss = m.rss
-    parts: list[tuple[int, int, str | None]] = []
+    parts: list[tuple[int, int, str | None, bool]] = []
     cur = m.start
-    for s, e, name in regions:
+    for s, e, name, committed in regions:
         lo, hi = max(s, m.start), min(e, m.end)
         if hi <= lo:
             continue
         if lo > cur:
-            parts.append((cur, lo, None))
-        parts.append((lo, hi, name))
+            parts.append((cur, lo, None, True))
+        parts.append((lo, hi, name, committed))
         cur = hi
     if cur < m.end:
-        parts.append((cur, m.end, None))
+        parts.append((cur, m.end, None, True))
     keys = {p[2] for p in parts}
     if len(keys) <= 1:
         return {parts[0][2] if parts else None: rss}, True
     weights: list[int] | None = None
     exact = False
     if present is not None and rss > 0:
-        counted = [present(lo, hi) for lo, hi, _ in parts]
+        counted = [present(lo, hi) for lo, hi, _, _ in parts]
         if all(c is not None for c in counted) and sum(c for c in counted if c) > 0:
             weights = [c or 0 for c in counted]
             exact = True
     if weights is None:
-        weights = [hi - lo for lo, hi, name in parts]
+        weights = [hi - lo if committed else 0 for lo, hi, _, committed in parts]
     out: dict[str | None, int] = {}
-    for (_, _, name), v in zip(parts, apportion(rss, weights), strict=True):
+    for (_, _, name, _), v in zip(parts, apportion(rss, weights), strict=True):
         out[name] = out.get(name, 0) + v
     return out, exact
 
@@ -234,6 +237,19 @@ def _remaining(deadline: float) -> float:
     return max(0.05, deadline - time.monotonic())
 
 
+def _with_gaps(r: nmt.NmtRegion) -> list[Region]:
+    out: list[Region] = []
+    cur = r.start
+    for s, e in r.committed:
+        if s > cur:
+            out.append((cur, s, r.category, False))
+        out.append((s, e, r.category, True))
+        cur = e
+    if cur < r.end:
+        out.append((cur, r.end, r.category, False))
+    return out
+
+
 def fetch_nmt(pid: int, proc_root: str = "/proc", timeout_s: float = 5.0,
               version: str | None = None) -> NmtFetch:
     """Ask the JVM for NMT detail (one attach); fall back to summary (+ System.map on JDK 21+)."""
@@ -252,7 +268,7 @@ def fetch_nmt(pid: int, proc_root: str = "/proc", timeout_s: float = 5.0,
         report = nmt.parse_summary(text)
         vmap = nmt.parse_detail_regions(text)
         problems += [f"nmt: {p}" for p in report.problems[:5]] + [f"nmt detail: {p}" for p in vmap.problems[:5]]
-        regions = tuple((s, e, r.category) for r in vmap.regions for s, e in r.committed)
+        regions = tuple(reg for r in vmap.regions for reg in _with_gaps(r))
         return NmtFetch(report, regions, "detail", "nmt-detail", version, tuple(problems))
     try:
         text = attach.jcmd(pid, "VM.native_memory summary", proc_root=proc_root,
@@ -296,7 +312,7 @@ def _system_map_regions(sm: nmt.SystemMap, report: nmt.NmtReport) -> tuple[Regio
             if c and c not in cats:
                 cats.append(c)
         if len(cats) <= 1:
-            out.append((e.start, e.end, e.category))
+            out.append((e.start, e.end, e.category, True))
             continue
         weights = []
         for c in cats:
@@ -306,7 +322,7 @@ def _system_map_regions(sm: nmt.SystemMap, report: nmt.NmtReport) -> tuple[Regio
         cur = e.start
         for c, n in zip(cats, pages, strict=True):
             if n:
-                out.append((cur, cur + n * PAGE, c))
+                out.append((cur, cur + n * PAGE, c, True))
                 cur += n * PAGE
     out.sort()
     clean: list[Region] = []
@@ -330,18 +346,20 @@ def _internal_is_direct(report: nmt.NmtReport, version: str | None) -> bool:
     return not any(report.category(n) for n in newer)
 
 
-def _nmt_json(report: nmt.NmtReport, fetch: NmtFetch, source: str,
-              resident: dict[str, int], has_other: bool) -> dict[str, Any]:
-    resident = dict(resident)
-    if "Thread Stack" in resident:
-        resident["Thread"] = resident.get("Thread", 0) + resident.pop("Thread Stack")
+def _nmt_json(report: nmt.NmtReport, fetch: NmtFetch, source: str, mapped: dict[str, int],
+              from_pool: dict[str, int], has_other: bool) -> dict[str, Any]:
+    mapped = dict(mapped)
+    if "Thread Stack" in mapped:
+        mapped["Thread"] = mapped.get("Thread", 0) + mapped.pop("Thread Stack")
     out = report.to_json()
     out["version"] = fetch.version
     out["source"] = source
     out["level"] = fetch.level
     for name, c in out["categories"].items():
         c["design_category"] = design_category(name, has_other=has_other)
-        c["resident_bytes"] = resident.get(name, 0)
+        c["resident_mmap_bytes"] = mapped.get(name, 0)
+        c["resident_malloc_bytes"] = from_pool.get(name, 0)
+        c["resident_bytes"] = mapped.get(name, 0) + from_pool.get(name, 0)
     return out
 
 
@@ -370,9 +388,11 @@ def _regions_in(regions: list[Region], starts: list[int], m: Mapping) -> list[Re
 
 def _refine(base: Attribution, regions: Sequence[Region], present: Callable[[int, int], int | None] | None,
             malloc_weights: dict[str, int], has_other: bool,
-            estimates: dict[str, int] | None = None) -> tuple[dict[str, int], dict[str, int], bool, int]:
-    """Pure core: (DESIGN categories, resident bytes per raw NMT name, all splits exact, bytes by which
-    the malloc-backed figures exceeded the malloc pool and were scaled down).
+            estimates: dict[str, int] | None = None
+            ) -> tuple[dict[str, int], dict[str, int], dict[str, int], bool, int]:
+    """Pure core: (DESIGN categories, resident bytes per raw NMT name placed by regions, resident bytes
+    per raw NMT name from the malloc pool, all splits exact, bytes by which the malloc-backed figures
+    exceeded the malloc pool and were scaled down).
 
     The pool pays NMT's malloc-backed figures first (malloc'd memory is nearly always touched), then
     `estimates` (mmap figures no region places, summary mode) share what is left, each capped at its
@@ -381,6 +401,7 @@ def _refine(base: Attribution, regions: Sequence[Region], present: Callable[[int
     starts = [r[0] for r in regs]
     cats = dict.fromkeys(CATEGORIES, 0)
     raw: dict[str, int] = {}
+    from_pool: dict[str, int] = {}
     pool = 0
     exact_all = True
     for sh in base.shares:
@@ -414,11 +435,11 @@ def _refine(base: Attribution, regions: Sequence[Region], present: Callable[[int
         if tier is malloc_weights:
             short = max(0, want - pool)
         for n, v in zip(names, given, strict=True):
-            raw[n] = raw.get(n, 0) + v
+            from_pool[n] = from_pool.get(n, 0) + v
             cats[design_category(n, has_other=has_other)] += v
         pool -= sum(given)
     cats["native"] += pool
-    return cats, raw, exact_all, short
+    return cats, raw, from_pool, exact_all, short
 
 
 def _malloc_weights(report: nmt.NmtReport) -> dict[str, int]:
@@ -434,7 +455,7 @@ def _malloc_weights(report: nmt.NmtReport) -> dict[str, int]:
 
 def _cds_regions(base: Attribution) -> list[Region]:
     """CDS archives are mapped from their .jsa file: the file name proves them."""
-    return [(s.mapping.start, s.mapping.end, "Shared class space") for s in base.shares
+    return [(s.mapping.start, s.mapping.end, "Shared class space", True) for s in base.shares
             if s.mapping.path.endswith(".jsa")]
 
 
@@ -447,14 +468,14 @@ def _summary_regions(base: Attribution, report: nmt.NmtReport) -> tuple[list[Reg
     if heap and heap.reserved_bytes:
         r = find_reservation(base.shares, heap.reserved_bytes)
         if r:
-            regions.append((r[0], r[1], "Java Heap"))
+            regions.append((r[0], r[1], "Java Heap", True))
             proven.add("Java Heap")
     cls = report.category("Class")
     if cls:
         size = cls.figures.get("class_space_reserved", 0)
         r = find_reservation(base.shares, size) if size else None
         if r:
-            regions.append((r[0], r[1], "Class"))
+            regions.append((r[0], r[1], "Class", True))
             proven.add("Class")
     return regions, proven
 
@@ -470,21 +491,67 @@ def _hsperf_regions(base: Attribution, pd: hsperf.PerfData) -> list[Region]:
     for size in candidates:
         r = find_reservation(base.shares, size)
         if r:
-            regions.append((r[0], r[1], "Java Heap"))
+            regions.append((r[0], r[1], "Java Heap", True))
             break
     ccs = pd.int_value("sun.gc.compressedclassspace.maxCapacity")
     if ccs:
         r = find_reservation(base.shares, ccs)
         if r:
-            regions.append((r[0], r[1], "Class"))
+            regions.append((r[0], r[1], "Class", True))
     return regions
+
+
+def refine(base: Attribution, fetch: NmtFetch, perfdata: hsperf.PerfData | None,
+           present: Callable[[int, int], int | None] | None = None) -> JvmAttribution:
+    """Pure: the JVM view of `base` from what the JVM told us (NMT) or published (hsperfdata)."""
+    problems: list[str] = list(fetch.problems)
+    nmt_json: dict[str, Any] | None = None
+    if fetch.report is not None:
+        report = fetch.report
+        has_other = not _internal_is_direct(report, fetch.version)
+        weights = _malloc_weights(report)
+        estimates: dict[str, int] = {}
+        if fetch.regions is not None:
+            # Regions place every mmap category; only malloc-backed figures join the pool split.
+            regions = list(fetch.regions)
+            sources = ["smaps", "nmt-detail"] if fetch.level == "detail" else ["smaps", "nmt-summary", "system-map"]
+        else:
+            regions, proven = _summary_regions(base, report)
+            sources = ["smaps", "nmt-summary"]
+            for c in report.categories:
+                if c.name in proven or c.name in ("Thread", "Shared class space"):
+                    continue  # thread stacks are placed by their stack pointers; CDS by file name
+                if c.mmap_committed_bytes > 0:
+                    estimates[c.name] = c.mmap_committed_bytes
+            problems.append("NMT summary only: heap/class space placed by reservation size, other "
+                            "mmap categories estimated from committed figures")
+        cats, mapped, from_pool, exact, short = _refine(base, regions, present, weights, has_other, estimates)
+        if short:
+            problems.append(f"NMT malloc figures exceed the resident malloc pool by {short} bytes "
+                            "(allocated but untouched memory): scaled down to fit")
+        if not exact:
+            problems.append("pagemap unreadable: mappings holding several NMT regions split by size")
+        nmt_json = _nmt_json(report, fetch, sources[1], mapped, from_pool, has_other)
+    elif perfdata is not None:
+        sources = ["smaps", "hsperfdata"]
+        cats = _refine(base, _hsperf_regions(base, perfdata), present, {}, True)[0]
+    else:
+        sources = ["smaps"]
+        cats = dict(base.categories)
+        problems.append("no NMT and no hsperfdata: native view only")
+    full = {c: int(cats.get(c, 0)) for c in CATEGORIES}
+    if sum(full.values()) != sum(base.categories.values()):
+        problems.append(f"internal: JVM refinement lost bytes ({sum(full.values())} != "
+                        f"{sum(base.categories.values())}); native view kept")
+        full = {c: int(base.categories.get(c, 0)) for c in CATEGORIES}
+        sources, nmt_json = ["smaps"], None
+    return JvmAttribution(full, sources, nmt_json, problems)
 
 
 def attribute_jvm(pid: int, mappings: Sequence[Mapping], base: Attribution, *, proc_root: str = "/proc",
                   timeout_s: float = 5.0) -> JvmAttribution:
     """Refine `base` (the native view of this JVM's smaps) with NMT / System.map / hsperfdata."""
     del mappings  # base.shares carries the same mappings, in address order, with their base split
-    problems: list[str] = []
     version, pd = _jdk_version(pid, proc_root)
     try:
         fetch = fetch_nmt(pid, proc_root, timeout_s, version)
@@ -492,55 +559,11 @@ def attribute_jvm(pid: int, mappings: Sequence[Mapping], base: Attribution, *, p
         raise
     except NativewatchError as exc:
         fetch = NmtFetch(None, None, "unavailable", None, version, (f"nmt: {exc}",))
-    problems += list(fetch.problems)
     pagemap = _Pagemap(pid, proc_root)
     try:
-        if fetch.report is not None:
-            report = fetch.report
-            has_other = not _internal_is_direct(report, fetch.version)
-            weights = _malloc_weights(report)
-            estimates: dict[str, int] = {}
-            if fetch.regions is not None:
-                regions = list(fetch.regions)
-                sources = ["smaps", "nmt-detail"] if fetch.level == "detail" else \
-                    ["smaps", "nmt-summary", "system-map"]
-                # Regions place every mmap category; only malloc-backed figures join the pool split.
-            else:
-                regions, proven = _summary_regions(base, report)
-                sources = ["smaps", "nmt-summary"]
-                for c in report.categories:
-                    if c.name in proven or c.name in ("Thread", "Shared class space"):
-                        continue  # thread stacks are placed by their stack pointers; CDS by file name
-                    if c.mmap_committed_bytes > 0:
-                        estimates[c.name] = c.mmap_committed_bytes
-                problems.append("NMT summary only: heap/class space placed by reservation size, other "
-                                "mmap categories estimated from committed figures")
-            cats, raw, exact, short = _refine(base, regions, pagemap, weights, has_other, estimates)
-            if short:
-                problems.append(f"NMT malloc/estimated figures exceed the resident malloc pool by {short} bytes "
-                                "(allocated but untouched memory): scaled down to fit")
-            if not exact:
-                problems.append("pagemap unreadable: mappings holding several NMT regions split by size")
-            nmt_json = _nmt_json(report, fetch, sources[1], raw, has_other)
-        else:
-            sources = ["smaps"]
-            nmt_json = None
-            if pd is not None:
-                regions = _hsperf_regions(base, pd)
-                cats, _raw, _exact, _short = _refine(base, regions, pagemap, {}, True)
-                sources.append("hsperfdata")
-            else:
-                cats = dict(base.categories)
-                problems.append("no NMT and no hsperfdata: native view only")
+        return refine(base, fetch, pd, pagemap)
     finally:
         pagemap.close()
-    full = {c: int(cats.get(c, 0)) for c in CATEGORIES}
-    if sum(full.values()) != sum(base.categories.values()):
-        problems.append(f"internal: JVM refinement lost bytes ({sum(full.values())} != "
-                        f"{sum(base.categories.values())}); native view kept")
-        full = {c: int(base.categories.get(c, 0)) for c in CATEGORIES}
-        sources = ["smaps"]
-    return JvmAttribution(full, sources, nmt_json, problems)
 
 
 # ---- baseline / diff ---------------------------------------------------------------------------------

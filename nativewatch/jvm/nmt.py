@@ -228,10 +228,13 @@ def parse_summary(text: str) -> NmtReport:
                 prefix = f"{first_prefix}_peak"
             elif prefix == "tracking_overhead":
                 prefix = "tracking_overhead"
-            if prefix in ("thread", "threads"):
+            if re.match(r"^\s*threads?\s*#", g):
                 cm2 = _COUNT_RE.search(g)
                 if cm2:
                     cur["figs"].setdefault("threads_count", int(cm2.group("val")))
+                    if cm2.group("dsign"):
+                        d = int(cm2.group("dval"))
+                        cur["deltas"].setdefault("threads_count", -d if cm2.group("dsign") == "-" else d)
                 continue
             if prefix == "classes" or g.strip().startswith(("classes", "instance classes")):
                 cm2 = _COUNT_RE.search(g)
