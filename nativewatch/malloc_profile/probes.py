@@ -89,14 +89,14 @@ def load(cflags: list[str], *, mode: str, interval_bytes: int) -> Loaded:
     except Exception as exc:  # bcc raises bare Exception for compile/load errors
         raise SourceUnavailable(f"cannot load the malloc BPF program: {exc}") from exc
     if mode == "sampled":
-        exp = bpf["exp_table"]
+        exp = bpf[b"exp_table"]
         for i, v in enumerate(sampling.exp_table(interval_bytes)):
             exp[exp.Key(i)] = exp.Leaf(v)
-        wt = bpf["weight_table"]
+        wt = bpf[b"weight_table"]
         for i, v in enumerate(sampling.weight_table(interval_bytes)):
             wt[wt.Key(i)] = wt.Leaf(v)
         # start the countdown at a random point too, so the first sample is not biased to the start
-        rem = bpf["remaining"]
+        rem = bpf[b"remaining"]
         first = sampling.exp_table(interval_bytes)[int.from_bytes(os.urandom(2), "little") % sampling.EXP_SLOTS]
         rem[rem.Key(0)] = rem.Leaf(*([first] * len(rem.Leaf())))
     return Loaded(bpf, alloc_fn.fd, free_fn.fd, [], interval_bytes, mode)
@@ -105,7 +105,7 @@ def load(cflags: list[str], *, mode: str, interval_bytes: int) -> Loaded:
 def attach(loaded: Loaded, plan: ProbePlan) -> None:
     """One uprobe_multi link per (object, program), pid-filtered in the kernel. On failure everything
     attached so far is detached again."""
-    skip = loaded.bpf["skip_ranges"]
+    skip = loaded.bpf[b"skip_ranges"]
     for i, (lo, hi) in enumerate(plan.skip_ranges):
         leaf = skip.Leaf()
         leaf.lo, leaf.hi = lo, hi
@@ -138,7 +138,7 @@ def close(loaded: Loaded) -> None:
 
 
 def read_counters(loaded: Loaded) -> dict[str, int]:
-    c = loaded.bpf["counters"]
+    c = loaded.bpf[b"counters"]
     return {name: int(c[c.Key(i)].value) for i, name in enumerate(COUNTER_NAMES)}
 
 
@@ -156,7 +156,7 @@ class RawSite:
 def read_sites(loaded: Loaded) -> list[RawSite]:
     out = []
     one = 1 << sampling.FX_SHIFT
-    for k, v in loaded.bpf["sites"].items():
+    for k, v in loaded.bpf[b"sites"].items():
         out.append(RawSite(int(k.stackid), int(k.kind), int(k.caller), max(0, int(v.out_bytes)),
                            max(0, round(v.out_count_fx / one)), int(v.alloc_bytes),
                            round(v.alloc_count_fx / one)))
@@ -166,7 +166,7 @@ def read_sites(loaded: Loaded) -> list[RawSite]:
 def read_oldest(loaded: Loaded) -> dict[tuple[int, int, int], int]:
     """Oldest outstanding allocation's timestamp (CLOCK_MONOTONIC ns) per site key."""
     oldest: dict[tuple[int, int, int], int] = {}
-    for _, v in _items(loaded.bpf["allocs"]):
+    for _, v in _items(loaded.bpf[b"allocs"]):
         key = (int(v.site.stackid), int(v.site.kind), int(v.site.caller))
         ts = int(v.ts_ns)
         if key not in oldest or ts < oldest[key]:
@@ -185,6 +185,6 @@ def read_stack(loaded: Loaded, stackid: int) -> list[int]:
     if stackid < 0:
         return []
     try:
-        return [int(a) for a in loaded.bpf["stacks"].walk(stackid)]
+        return [int(a) for a in loaded.bpf[b"stacks"].walk(stackid)]
     except KeyError:
         return []

@@ -4,6 +4,7 @@
  * prints the ground truth it created:
  *   "go N"    : N rounds of leaky_cache_insert (retained) + churn_work (freed again)
  *   "mmap N"  : N anonymous mmaps of 256 KiB retained by leaky_mmap_region
+ *   "big N"   : N mallocs of 200 KiB retained by leaky_big_insert (glibc serves them with mmap)
  *   "quit"    : exit(0)
  * Replies "done leaked=<bytes> allocs=<n> churned=<bytes>" or "mapped=<bytes> maps=<n>". Stays
  * alive until "quit" or EOF so a profile can look at outstanding memory. */
@@ -59,6 +60,17 @@ __attribute__((noinline)) size_t leaky_mmap_region(size_t len)
     return len;
 }
 
+__attribute__((noinline)) size_t leaky_big_insert(size_t len)
+{
+    struct entry *e = malloc(sizeof(*e) + len);
+    if (!e) abort();
+    memset(e->data, 0x33, len);
+    e->len = len;
+    e->next = cache_head;
+    cache_head = e;
+    return sizeof(*e) + len;
+}
+
 int main(void)
 {
     char line[128];
@@ -78,6 +90,11 @@ int main(void)
             for (long i = 0; i < n; i++)
                 mapped += leaky_mmap_region(256 * 1024);
             printf("mapped=%zu maps=%ld\n", mapped, n);
+        } else if (sscanf(line, "big %ld", &n) == 1) {
+            size_t big = 0;
+            for (long i = 0; i < n; i++)
+                big += leaky_big_insert(200 * 1024);
+            printf("big=%zu\n", big);
         } else if (strncmp(line, "quit", 4) == 0) {
             return 0;
         }
