@@ -126,6 +126,8 @@ class Agent:
         self.dead: dict[tuple[int, int], _Proc] = {}
         self.containers: dict[str, _Container] = {}
         self.errors: Counter[str] = Counter()
+        # The latest errors with their pid, for /healthz and for telling a bad target from a bug.
+        self.error_log: deque[tuple[float, str, int | None, str]] = deque(maxlen=64)
         self.degraded: dict[str, str] = {}
         self.oom_kills: Counter[tuple[str, str, str, str, str]] = Counter()
         self.evidence_total: Counter[str] = Counter()
@@ -246,11 +248,11 @@ class Agent:
                 st = self.sampler.stat(pid)
             except ProcessGone:
                 continue
-            except (AccessDenied, OSError):
-                self.errors["stat"] += 1
+            except (AccessDenied, OSError) as exc:
+                self._error("stat", pid, str(exc))
                 continue
             if st is None:
-                self.errors["stat"] += 1
+                self._error("stat", pid, "unparsable /proc/PID/stat")
                 continue
             seen.add(pid)
             rec = self.procs.get(pid)
@@ -287,6 +289,10 @@ class Agent:
         view = self._publish(now, containers, dur, time.process_time() - cpu0)
         return view
 
+    def _error(self, source: str, pid: int | None = None, detail: str = "") -> None:
+        self.errors[source] += 1
+        self.error_log.append((self.clock(), source, pid, detail[:200]))
+
     def _bury(self, rec: _Proc, now: float) -> None:
         rec.dead_at = now
         if rec.last is not None:
@@ -322,13 +328,14 @@ class Agent:
                     bd = self.sampler.full(rec.pid, jvm=False)
             except ProcessGone:
                 continue
-            except AccessDenied:
-                self.errors["smaps"] += 1
+            except AccessDenied as exc:
+                self._error("smaps", rec.pid, str(exc))
                 rec.last_full_t = now  # retried at the full cadence, not every scan
                 continue
-            except Exception:  # noqa: BLE001 - one odd process never stops the scan
+            except Exception as exc:  # noqa: BLE001 - one odd process never stops the scan
                 log.debug("snapshot of %d failed", rec.pid, exc_info=True)
-                self.errors["attribution"] += 1
+                self._error("attribution", rec.pid, f"{type(exc).__name__}: {exc}")
+                rec.last_full_t = now
                 continue
             self.full_total += 1
             rec.last, rec.last_full_t = bd, now
