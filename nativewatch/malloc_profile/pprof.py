@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -172,7 +173,10 @@ def _ints(wire: int, v: int | bytes) -> list[int]:
 def read_pprof(path: str | os.PathLike[str]) -> ProfileResult:
     raw = Path(path).read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise ValueError(f"bad gzip data: {exc}") from exc
     strings: list[str] = []
     sample_types: list[tuple[int, int]] = []
     samples: list[tuple[list[int], list[int]]] = []

@@ -156,13 +156,15 @@ def probe_offset(code: bytes, protected: frozenset[int] = _ALL_ARGS) -> int:
         if 0x40 <= code[i] <= 0x4F:
             rex = code[i]
             i += 1
-        if i + 1 >= len(code):
+        if i >= len(code):
             return 0
         b = code[i]
         if 0x50 <= b <= 0x57:  # push reg
             return start
         if not rex and (0x70 <= b <= 0x7F or b in (0xEB, 0xE9)):  # jcc short, jmp
             return start
+        if i + 1 >= len(code):
+            return 0
         if not rex and b == 0x0F and 0x80 <= code[i + 1] <= 0x8F:  # jcc near
             return start
         modrm = code[i + 1]
