@@ -75,6 +75,7 @@ class _Proc:
     comm: str
     rss_bytes: int
     kernel_thread: bool
+    state: str = ""
     last: Breakdown | None = None
     last_full_t: float = 0.0
     last_nmt_t: float = 0.0
@@ -148,6 +149,8 @@ class Agent:
         self.oom_bpf: BpfOomWatcher | None = None
         self.faults: Any = None
         self.oom_cgroup = CgroupOomWatcher(self._read_memcg)
+        self._pending_kills: list[tuple[str, float]] = []  # (memory cgroup, when its counter rose)
+        self._claimed: set[tuple[int, int]] = set()  # dead (pid, start) already named as a victim
         self.pod_meta = self._pod_metadata()
         if cfg.bpf:
             self._start_bpf()
@@ -262,7 +265,7 @@ class Agent:
             if rec is None:
                 rec = self.procs[pid] = _Proc(pid, st.starttime, st.comm, st.rss_bytes,
                                               st.kernel_thread or pid == self_pid)
-            rec.comm, rec.rss_bytes = st.comm, st.rss_bytes
+            rec.comm, rec.rss_bytes, rec.state = st.comm, st.rss_bytes, st.state
         for pid in [p for p in self.procs if p not in seen]:
             self._bury(self.procs.pop(pid), now)
 
@@ -282,6 +285,7 @@ class Agent:
         for key in [k for k, p in self.dead.items() if p.dead_at is not None
                     and now - p.dead_at > cfg.dead_grace_s]:
             gone = self.dead.pop(key)
+            self._claimed.discard(key)
             self.sites.pop(gone.pid, None)
         self.scans += 1
         dur = time.monotonic() - wall0
@@ -299,7 +303,7 @@ class Agent:
             self.dead[(rec.pid, rec.start)] = rec
 
     def _due(self, rec: _Proc, now: float) -> bool:
-        if rec.kernel_thread:
+        if rec.kernel_thread or rec.state in ("Z", "X"):
             return False
         if rec.pid in self.cfg.track:
             return True
@@ -338,6 +342,10 @@ class Agent:
                 rec.last_full_t = now
                 continue
             self.full_total += 1
+            if bd.rss_bytes == 0 and rec.last is not None and rec.last.rss_bytes > 0:
+                # Exiting (or being OOM-killed): its address space is already gone. Not a sample.
+                rec.last_full_t = now
+                continue
             rec.last, rec.last_full_t = bd, now
             if bd.runtime == "jvm" and jvm:
                 rec.last_nmt_t = now
@@ -363,15 +371,25 @@ class Agent:
                 return []
         cgroups = {r.memcg for r in self.procs.values() if r.memcg is not None}
         cgroups |= {r.memcg for r in self.dead.values() if r.memcg is not None}
-        events: list[OomEvent] = []
         for key, n in self.oom_cgroup.poll(cgroups).items():
-            # The victims are the processes of that cgroup that vanished since the last scan.
-            victims = sorted((r for r in self.dead.values() if r.memcg == key and r.dead_at == now),
-                             key=lambda r: -r.rss_bytes)
-            for i in range(n):
-                v = victims[i] if i < len(victims) else None
-                events.append(OomEvent(pid=v.pid if v else None, comm=v.comm if v else "", source="cgroup",
-                                       ts=now, cgroup=key))
+            self._pending_kills.extend([(key, now)] * n)
+        # The counter can rise a scan before the victim leaves /proc: the victim is a process of that
+        # cgroup that vanished around then. Wait a few scans for it before reporting an unnamed kill.
+        events: list[OomEvent] = []
+        patience = max(3 * self.cfg.interval_s, 5.0)
+        still: list[tuple[str, float]] = []
+        for key, since in self._pending_kills:
+            cands = [r for k, r in self.dead.items() if r.memcg == key and k not in self._claimed
+                     and r.dead_at is not None and r.dead_at >= since - 2 * self.cfg.interval_s]
+            v = max(cands, key=lambda r: r.rss_bytes, default=None)
+            if v is not None:
+                self._claimed.add((v.pid, v.start))
+                events.append(OomEvent(pid=v.pid, comm=v.comm, source="cgroup", ts=now, cgroup=key))
+            elif now - since > patience:
+                events.append(OomEvent(pid=None, comm="", source="cgroup", ts=now, cgroup=key))
+            else:
+                still.append((key, since))
+        self._pending_kills = still
         return events
 
     def _find_record(self, pid: int | None) -> _Proc | None:
