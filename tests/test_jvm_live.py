@@ -16,6 +16,7 @@ Tolerances, and why:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -164,8 +165,9 @@ def test_jdk17_direct_buffers_grow_direct(jvm17):
     assert other["malloc_bytes"] >= 64 * MiB
     _check_growth(r0, r1, "direct", 64 * MiB)
     # The malloc-backed category is NMT's malloc figure unless the pool was short (reported).
-    short = [p for p in r1.problems if "exceed" in p]
-    assert other["resident_malloc_bytes"] >= (0.9 if short else 1.0) * other["malloc_bytes"] - 1024
+    # A malloc shortfall (NMT counts malloc'd-but-untouched memory) is shared proportionally; here it
+    # can only be the JVM's own few MiB of untouched buffers, so direct keeps at least 90%.
+    assert other["resident_malloc_bytes"] >= 0.9 * other["malloc_bytes"]
     _check_regions_match_smaps(facts1, r1, f1)
 
 
@@ -200,13 +202,30 @@ def test_jdk17_heap_sawtooth_keeps_everything_flat(jvm17):
             assert abs(r1.categories[c] - r0.categories[c]) < 4 * MiB, (c, r0.categories, r1.categories)
 
 
-def test_jdk17_nmt_baseline_then_diff(jvm17):
+def test_jdk17_nmt_baseline_then_diff(jvm17, nativewatch_cli):
     nmt_baseline(jvm17.pid)
     jvm17.step("direct 16")
     diff = nmt_diff(jvm17.pid)
     assert abs(diff["categories"]["direct"] - 16 * MiB) <= 64 * 1024
     assert abs(diff["nmt_categories"]["Other"]["committed_delta_bytes"] - 16 * MiB) <= 64 * 1024
     assert abs(diff["categories"]["heap"]) < 4 * MiB
+    # The same through the CLI: baseline, grow, diff as JSON.
+    assert nativewatch_cli("snapshot", "--pid", str(jvm17.pid), "--nmt-baseline").returncode == 0
+    jvm17.step("direct 8")
+    out = nativewatch_cli("snapshot", "--pid", str(jvm17.pid), "--nmt-diff", "--json")
+    assert out.returncode == 0, out.stderr
+    assert abs(json.loads(out.stdout)["categories"]["direct"] - 8 * MiB) <= 64 * 1024
+
+
+def test_jdk17_snapshot_json_contract(jvm17, nativewatch_cli):
+    out = nativewatch_cli("snapshot", "--pid", str(jvm17.pid), "--json")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["runtime"] == "jvm" and d["sources"][:2] == ["smaps", "nmt-detail"]
+    assert sum(d["categories"].values()) == d["rss_bytes"]
+    heap = d["nmt"]["categories"]["Java Heap"]
+    assert heap["committed_bytes"] == 128 * MiB and heap["reserved_bytes"] == 128 * MiB
+    assert d["categories"]["heap"] == heap["resident_bytes"] > 120 * MiB
 
 
 def test_jdk17_jcmd_cli_matches_the_jdk_jcmd(jvm17, nativewatch_cli):

@@ -526,7 +526,9 @@ def refine(base: Attribution, fetch: NmtFetch, perfdata: hsperf.PerfData | None,
             problems.append("NMT summary only: heap/class space placed by reservation size, other "
                             "mmap categories estimated from committed figures")
         cats, mapped, from_pool, exact, short = _refine(base, regions, present, weights, has_other, estimates)
-        if short:
+        malloc_total = sum(weights.values())
+        # Some malloc'd memory is never touched (idle JVMs: a few MiB); only a large gap is worth a note.
+        if short > max(8 << 20, malloc_total // 10):
             problems.append(f"NMT malloc figures exceed the resident malloc pool by {short} bytes "
                             "(allocated but untouched memory): scaled down to fit")
         if not exact:
