@@ -314,3 +314,11 @@ def test_fuzz_parse_reply_only_attach_error(data):
     except attach.AttachError:
         return
     assert isinstance(code, int) and isinstance(out, str)
+
+
+@_FUZZ
+@given(st.binary(max_size=200))
+def test_fuzz_stat_starttime_never_raises(data):
+    from nativewatch.jvm.paths import parse_stat_starttime
+
+    assert isinstance(parse_stat_starttime(data), int)
