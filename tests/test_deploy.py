@@ -34,7 +34,7 @@ ALLOWED_CAPABILITIES = {"BPF", "PERFMON", "SYS_PTRACE", "CHECKPOINT_RESTORE", "D
 ALLOWED_HOST_PATHS = {
     "tracefs": ({"/sys/kernel/tracing"}, "/sys/kernel/tracing", True),
     "host-cgroup": ({"/sys/fs/cgroup"}, "/host/sys/fs/cgroup", True),
-    "lib-modules": ({"/lib/modules"}, "/lib/modules", True),
+    "lib-modules": ({"/lib/modules"}, "/host/lib/modules", True),
     "usr-src": ({"/usr/src"}, "/usr/src", True),
     "state": ({"/var/lib/nativewatch", "/mnt/data/nativewatch"}, "/var/lib/nativewatch", False),
 }
