@@ -169,3 +169,23 @@ def test_refine_always_sums_to_rss(maps, regions, malloc, with_present):
     res = ja.refine(base, fetch, None, present)
     assert sum(res.categories.values()) == sum(m.rss for m in ms)
     assert all(v >= 0 for v in res.categories.values())
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_hsperfdata_path_finds_heap_and_class_space(version):
+    """NMT off: the heap and class-space reservations come from hsperfdata's max capacities."""
+    from nativewatch.jvm import hsperf
+
+    sm, base, _report, vmap, _fetch = _load(version)
+    pd = hsperf.parse_hsperfdata((SAMPLES / f"hsperfdata-jdk{version}.bin").read_bytes())
+    off = ja.NmtFetch(None, None, "off", None, f"{version}.0", ("native memory tracking is not enabled",))
+    res = ja.refine(base, off, pd, None)
+    assert res.sources == ["smaps", "hsperfdata"]
+    assert sum(res.categories.values()) == sm.rss
+    heap = [r for r in vmap.regions if r.category == "Java Heap"][0]
+    assert res.nmt["categories"]["Java Heap"]["reserved_bytes"] == heap.end - heap.start == 512 << 20
+    rss = sum(m.rss for m in sm.mappings if heap.start <= m.start and m.end <= heap.end)
+    assert res.categories["heap"] == rss
+    cls = [r for r in vmap.regions if r.category == "Class" and r.end - r.start == 1 << 30]
+    cls_rss = sum(m.rss for m in sm.mappings if cls and cls[0].start <= m.start and m.end <= cls[0].end)
+    assert res.nmt["categories"]["Class"]["resident_bytes"] == cls_rss

@@ -342,7 +342,10 @@ def test_nmt_off_falls_back_to_hsperfdata(classes):
     with _jvm(17, classes) as j:
         j.step("sawtooth 512")
         facts, r = breakdown(j.pid)
-        assert r.sources == ["smaps", "hsperfdata"] and r.nmt is None
+        assert r.sources == ["smaps", "hsperfdata"] and r.nmt["source"] == "hsperfdata"
+        heap = r.nmt["categories"]["Java Heap"]
+        assert heap["reserved_bytes"] == 128 * MiB and heap["resident_bytes"] == r.categories["heap"]
+        assert 0 < r.nmt["categories"]["Class"]["committed_bytes"] < r.nmt["categories"]["Class"]["reserved_bytes"]
         assert any("not enabled" in p for p in r.problems)
         # The heap reservation (hsperfdata max capacity = 128 MiB) is found in smaps: its Rss is the
         # Rss of the mappings inside that 128 MiB run, which the pre-touched heap fills.

@@ -480,25 +480,59 @@ def _summary_regions(base: Attribution, report: nmt.NmtReport) -> tuple[list[Reg
     return regions, proven
 
 
-def _hsperf_regions(base: Attribution, pd: hsperf.PerfData) -> list[Region]:
-    regions: list[Region] = _cds_regions(base)
+def _hsperf_heap_max(pd: hsperf.PerfData) -> int:
+    """The heap reservation from hsperfdata. G1 (and other region-based collectors) publish the whole
+    heap as every generation's max; Serial/Parallel split it between generations. HotSpot adds a
+    few bytes to these counters, so round down to pages."""
     maxes = [pd.int_value(f"sun.gc.generation.{g}.maxCapacity") for g in range(4)]
     maxes = [v for v in maxes if v and v > 0]
-    candidates = []
-    if maxes:
-        # G1 reports the whole heap as each generation's max; generational collectors split it.
-        candidates = [max(maxes) // PAGE * PAGE, sum(maxes) // PAGE * PAGE]
-    for size in candidates:
-        r = find_reservation(base.shares, size)
-        if r:
-            regions.append((r[0], r[1], "Java Heap", True))
-            break
+    if not maxes:
+        return 0
+    top = max(maxes)
+    size = top if all(v >= 0.9 * top for v in maxes) else sum(maxes)
+    return size // PAGE * PAGE
+
+
+def _hsperf_regions(base: Attribution, pd: hsperf.PerfData) -> list[Region]:
+    regions: list[Region] = _cds_regions(base)
+    size = _hsperf_heap_max(pd)
+    r = find_reservation(base.shares, size) if size else None
+    if r:
+        regions.append((r[0], r[1], "Java Heap", True))
     ccs = pd.int_value("sun.gc.compressedclassspace.maxCapacity")
     if ccs:
         r = find_reservation(base.shares, ccs)
         if r:
             regions.append((r[0], r[1], "Class", True))
     return regions
+
+
+def _hsperf_json(pd: hsperf.PerfData, version: str | None, mapped: dict[str, int]) -> dict[str, Any] | None:
+    """The JVM's own capacities from hsperfdata, shaped like the NMT figures (source "hsperfdata"):
+    heap capacity ~ NMT Java Heap committed, class space and metaspace capacities ~ Class/Metaspace."""
+    def val(key: str) -> int:
+        return max(0, pd.int_value(key) or 0)
+
+    gens = [g for g in range(4) if pd.int_value(f"sun.gc.generation.{g}.capacity") is not None]
+    if not gens:
+        return None
+    cats: dict[str, dict[str, int]] = {
+        "Java Heap": {"committed_bytes": sum(val(f"sun.gc.generation.{g}.capacity") for g in gens) // PAGE * PAGE,
+                      "reserved_bytes": _hsperf_heap_max(pd)},
+    }
+    ccs, meta = val("sun.gc.compressedclassspace.capacity"), val("sun.gc.metaspace.capacity")
+    if pd.int_value("sun.gc.metaspace.capacity") is not None:
+        # metaspace.capacity includes the class space (JDK 8+ perf counters).
+        cats["Metaspace"] = {"committed_bytes": max(0, meta - ccs),
+                             "reserved_bytes": max(0, val("sun.gc.metaspace.maxCapacity") - val(
+                                 "sun.gc.compressedclassspace.maxCapacity"))}
+    if pd.int_value("sun.gc.compressedclassspace.capacity") is not None:
+        cats["Class"] = {"committed_bytes": ccs, "reserved_bytes": val("sun.gc.compressedclassspace.maxCapacity")}
+    for name, c in cats.items():
+        c["resident_bytes"] = mapped.get(name, 0)
+        c["design_category"] = design_category(name)
+    return {"source": "hsperfdata", "level": "off", "version": version, "categories": cats,
+            "threads_live": val("java.threads.live")}
 
 
 def refine(base: Attribution, fetch: NmtFetch, perfdata: hsperf.PerfData | None,
@@ -536,7 +570,9 @@ def refine(base: Attribution, fetch: NmtFetch, perfdata: hsperf.PerfData | None,
         nmt_json = _nmt_json(report, fetch, sources[1], mapped, from_pool, has_other)
     elif perfdata is not None:
         sources = ["smaps", "hsperfdata"]
-        cats = _refine(base, _hsperf_regions(base, perfdata), present, {}, True)[0]
+        regions = _hsperf_regions(base, perfdata)
+        cats, mapped, _pool, _exact, _short = _refine(base, regions, present, {}, True)
+        nmt_json = _hsperf_json(perfdata, fetch.version, mapped)
     else:
         sources = ["smaps"]
         cats = dict(base.categories)
