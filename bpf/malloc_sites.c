@@ -11,7 +11,9 @@
  * summaries.
  *
  * Compile-time knobs (-D): TARGET_TGID, INTERVAL (bytes, mean sampling interval), EXACT (1 = record
- * every allocation), MAX_ALLOCS, MAX_SITES, MAX_STACKS. */
+ * every allocation), MAX_ALLOCS, MAX_SITES, MAX_STACKS, and NEST_LO/NEST_HI: the text of the object
+ * whose operator new is probed. malloc calls made from there are the inside of a `new` that was
+ * already seen (libstdc++'s new calls malloc), so they are skipped instead of counted twice. */
 #include <uapi/linux/ptrace.h>
 #include "malloc_sites.h"
 
@@ -76,6 +78,20 @@ BPF_PERCPU_ARRAY(remaining, s64, 1);
 BPF_ARRAY(exp_table, u64, EXP_SLOTS);
 BPF_ARRAY(weight_table, u64, WEIGHT_SLOTS);
 BPF_ARRAY(skip_ranges, struct skip_range, MAX_SKIP_RANGES);
+#if EXACT
+/* operator delete often ends in a tail call to free: the second release of the same pointer on the
+ * same thread is that, not an unmatched free */
+BPF_HASH(last_release, u32, u64, 4096);
+#endif
+
+static __always_inline int nested(u64 caller)
+{
+#ifdef NEST_LO
+    return caller >= NEST_LO && caller < NEST_HI;
+#else
+    return 0;
+#endif
+}
 
 static __always_inline void count(u32 slot)
 {
@@ -149,8 +165,14 @@ static __always_inline void release(u64 addr, int unmatched_counts)
 {
     struct alloc_val *a = allocs.lookup(&addr);
     if (!a) {
-        if (EXACT && unmatched_counts)
-            count(C_UNMATCHED_FREE);
+#if EXACT
+        if (unmatched_counts) {
+            u32 tid = (u32)bpf_get_current_pid_tgid();
+            u64 *last = last_release.lookup(&tid);
+            if (!last || *last != addr)
+                count(C_UNMATCHED_FREE);
+        }
+#endif
         return;
     }
     struct site_val *s = sites.lookup(&a->site);
@@ -159,6 +181,10 @@ static __always_inline void release(u64 addr, int unmatched_counts)
         __sync_fetch_and_add(&s->out_count_fx, -(s64)a->wcount_fx);
     }
     allocs.delete(&addr);
+#if EXACT
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    last_release.update(&tid, &addr);
+#endif
 }
 
 static __always_inline int alloc_return(struct pt_regs *ctx, u32 tid)
@@ -224,6 +250,7 @@ int on_alloc(struct pt_regs *ctx)
     u64 size = 0, memptr = 0, old = 0;
     switch (kind) {
     case K_MALLOC:
+    case K_NEW:
     case K_VALLOC:
         size = PT_REGS_PARM1(ctx);
         break;
@@ -257,11 +284,12 @@ int on_alloc(struct pt_regs *ctx)
     default:
         return 1;
     }
-    if (old)
-        release(old, 1);
-
     u64 caller = 0;
     bpf_probe_read_user(&caller, sizeof(caller), (void *)PT_REGS_SP(ctx));
+    if (kind != K_NEW && kind != K_MMAP && nested(caller))
+        return 1;
+    if (old)
+        release(old, 1);
     if (kind == K_MMAP && in_skip_range(caller)) {
         /* the allocator's own mmaps are already counted through malloc */
         count(C_SKIPPED_MMAP);
@@ -295,7 +323,16 @@ int on_free(struct pt_regs *ctx)
     u64 addr = PT_REGS_PARM1(ctx);
     if (addr == 0)
         return 0;
+    u32 kind = (u32)bpf_get_attach_cookie(ctx);
+#if EXACT && defined(NEST_LO)
+    if (kind == F_FREE) {
+        u64 caller = 0;
+        bpf_probe_read_user(&caller, sizeof(caller), (void *)PT_REGS_SP(ctx));
+        if (nested(caller))
+            return 0;  /* freeing what a skipped nested malloc returned */
+    }
+#endif
     /* munmap of an address never tracked is normal (file mappings, the allocator's own) */
-    release(addr, bpf_get_attach_cookie(ctx) == F_FREE);
+    release(addr, kind == F_FREE);
     return 0;
 }

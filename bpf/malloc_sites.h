@@ -13,8 +13,10 @@
 #define K_VALLOC 7
 #define K_PVALLOC 8
 #define K_MMAP 9
+#define K_NEW 10        /* C++ operator new family: (size, ...) */
 #define F_FREE 1
 #define F_MUNMAP 2
+#define F_DELETE 3      /* C++ operator delete family */
 
 /* counters[] slots */
 #define C_EVENTS_LOST 0   /* a sampled call's return was never matched (nesting, longjmp, exit) */

@@ -161,6 +161,32 @@ def test_leaky_cache_insert_is_top_site_exact_and_sampled(bpf_available, variant
         target.stop()
 
 
+@pytest.mark.parametrize("preload", [None, JEMALLOC, TCMALLOC], ids=["glibc", "jemalloc", "tcmalloc"])
+def test_cpp_operator_new_site_is_named_and_exact(bpf_available, preload):
+    """libstdc++'s new calls malloc and its new[]/delete are tail jumps: each allocation must still
+    count once, at the C++ function that called new, demangled."""
+    exe = build_c("leaky_sites_cpp.cpp", cflags=["-O2"], ldflags=["-lstdc++"])
+    target = start(exe, env={"LD_PRELOAD": preload} if preload else None)
+    try:
+        result, replies = profile_while(target, ["go 3000"], mode="exact")
+        leaked = truth(replies[0], "leaked")
+        top = result.sites[0]
+        assert top.frames[0] == f"cache::Cache::insert(unsigned long) ({exe.name})"
+        assert top.outstanding_bytes == leaked and top.outstanding_allocations == 6000
+        assert result.lost["events"] == 0 and result.lost["unmatched_frees"] == 0
+        churn = [s for s in result.sites if s.frames[0].startswith("churn_objects")]
+        assert churn and churn[0].outstanding_bytes == 0 and churn[0].allocated_bytes > leaked
+        if preload is None:
+            # sampled: ~28 MiB at 16 KiB: relative standard error ~2.4%, tolerance 15% (> 6 sigma)
+            sampled, replies = profile_while(target, ["go 12000"], mode="sampled", interval=16384)
+            leaked = truth(replies[0], "leaked")
+            top = sampled.sites[0]
+            assert top.frames[0].startswith("cache::Cache::insert(")
+            assert abs(top.outstanding_bytes - leaked) <= 0.15 * leaked, (top.outstanding_bytes, leaked)
+    finally:
+        target.stop()
+
+
 def test_frame_pointer_build_gets_full_stack(bpf_available):
     target = start(leaky(("-O0", "-fno-omit-frame-pointer")))
     try:

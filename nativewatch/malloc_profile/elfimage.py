@@ -42,7 +42,11 @@ class ElfImage:
     exports: dict[str, int] = field(default_factory=dict)   # defined dynsym FUNC -> vaddr
     functions: dict[str, int] = field(default_factory=dict)  # every named FUNC -> vaddr (symtab wins)
     sizes: dict[str, int] = field(default_factory=dict)
+    plt_ranges: tuple[tuple[int, int], ...] = ()  # .plt* sections: jumps there leave the object
     problems: tuple[str, ...] = ()
+
+    def in_plt(self, vaddr: int) -> bool:
+        return any(lo <= vaddr < hi for lo, hi in self.plt_ranges)
 
     def file_offset(self, vaddr: int) -> int | None:
         """File offset of a virtual address (what uprobes are placed by)."""
@@ -116,11 +120,18 @@ def load_image(f: BinaryIO) -> ElfImage:
                     exports.setdefault(name.split("@")[0], value)
         except (ELFError, OSError, ValueError, KeyError, AssertionError, UnicodeDecodeError) as exc:
             problems.append(f"{secname}: {exc}")
+    plt: list[tuple[int, int]] = []
+    try:
+        for sec in elf.iter_sections():
+            if sec.name.startswith(".plt"):
+                plt.append((int(sec["sh_addr"]), int(sec["sh_addr"]) + int(sec["sh_size"])))
+    except (ELFError, OSError, ValueError, KeyError, AssertionError, UnicodeDecodeError) as exc:
+        problems.append(f"sections: {exc}")
     syms.sort()
     return ElfImage(
         build_id=build_id, is_static=is_static, segments=segments,
         starts=tuple(s[0] for s in syms), ends=tuple(s[1] for s in syms), names=tuple(s[2] for s in syms),
-        exports=exports, functions=functions, sizes=sizes, problems=tuple(problems))
+        exports=exports, functions=functions, sizes=sizes, plt_ranges=tuple(plt), problems=tuple(problems))
 
 
 _cache_lock = threading.Lock()

@@ -40,16 +40,21 @@ SOURCE = BPF_DIR / "malloc_sites.c"
 COUNTER_NAMES = ("events_lost", "map_full", "unmatched_frees", "stack_lost", "sites_full", "sampled",
                  "skipped_mmaps")
 
-DEFAULT_MAX_ALLOCS = {"sampled": 65536, "exact": 1 << 20}
+# Hash maps are preallocated: ~100 bytes an entry. Sampled: 65536 sampled blocks stand for ~32 GiB at
+# the default interval. Exact: 262144 live blocks (~25 MiB of kernel memory); beyond, map_full counts.
+DEFAULT_MAX_ALLOCS = {"sampled": 65536, "exact": 262144}
 
 
 def build_cflags(pid: int, *, mode: str, interval_bytes: int, max_allocs: int | None = None,
-                 max_sites: int = 16384, max_stacks: int = 16384) -> list[str]:
+                 max_sites: int = 16384, max_stacks: int = 8192,
+                 nest_range: tuple[int, int] | None = None) -> list[str]:
     if mode not in ("sampled", "exact"):
         raise ValueError(f"mode must be 'sampled' or 'exact', not {mode!r}")
     if mode == "sampled" and interval_bytes < sampling.WEIGHT_STEPS:
         raise ValueError(f"sampling interval must be at least {sampling.WEIGHT_STEPS} bytes")
+    nest = [f"-DNEST_LO={nest_range[0]:#x}ULL", f"-DNEST_HI={nest_range[1]:#x}ULL"] if nest_range else []
     return [
+        *nest,
         f"-I{BPF_DIR}",
         f"-DTARGET_TGID={int(pid)}",
         f"-DEXACT={1 if mode == 'exact' else 0}",

@@ -37,8 +37,18 @@ ALLOC_FUNCS: dict[str, int] = {
 FREE_FUNCS: dict[str, int] = {"free": 1, "cfree": 1}
 K_MMAP = 9
 F_MUNMAP = 2
+K_NEW = 10
+F_DELETE = 3
+# C++ operator new/delete (Itanium names, 64-bit size_t). The size is always the first argument.
+NEW_FUNCS = ("_Znwm", "_Znam", "_ZnwmRKSt9nothrow_t", "_ZnamRKSt9nothrow_t", "_ZnwmSt11align_val_t",
+             "_ZnamSt11align_val_t", "_ZnwmSt11align_val_tRKSt9nothrow_t", "_ZnamSt11align_val_tRKSt9nothrow_t")
+DELETE_FUNCS = ("_ZdlPv", "_ZdaPv", "_ZdlPvm", "_ZdaPvm", "_ZdlPvRKSt9nothrow_t", "_ZdaPvRKSt9nothrow_t",
+                "_ZdlPvSt11align_val_t", "_ZdaPvSt11align_val_t", "_ZdlPvmSt11align_val_t",
+                "_ZdaPvmSt11align_val_t", "_ZdlPvSt11align_val_tRKSt9nothrow_t",
+                "_ZdaPvSt11align_val_tRKSt9nothrow_t")
 
 _LIBC_RE = re.compile(r"/libc(\.so\.\d+|-[\d.]+\.so)$")
+_LIBSTDCXX_RE = re.compile(r"/libstdc\+\+\.so[.\d]*$|/libc\+\+\.so[.\d]*$")
 _LDSO_RE = re.compile(r"/ld-linux[^/]*\.so|/ld-[\d.]+\.so|/ld64\.so")
 # In a static binary the allocator's internals call __mmap directly; calls from these functions are
 # counted through malloc already and must not be counted again as mmaps.
@@ -69,6 +79,7 @@ class ProbePlan:
     skip_ranges: tuple[tuple[int, int], ...]   # [lo, hi) runtime addresses whose mmaps we ignore
     allocator_ranges: tuple[tuple[int, int], ...]  # exec ranges whose frames are trimmed
     allocator_symbols: frozenset[str] = frozenset()
+    nest_range: tuple[int, int] | None = None  # text of the object whose operator new is probed
     problems: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -171,6 +182,11 @@ def probe_offset(code: bytes, protected: frozenset[int] = _ALL_ARGS) -> int:
         mod, reg, rm = modrm >> 6, (modrm >> 3) & 7, modrm & 7
         reg_x = reg + (8 if rex & 4 else 0)
         rm_x = rm + (8 if rex & 1 else 0)
+        if 0xB8 <= b <= 0xBF:  # mov $imm, reg
+            if (b - 0xB8) + (8 if rex & 1 else 0) in protected:
+                return 0
+            i += 9 if rex & 8 else 5
+            continue
         if b == 0x85 and mod == 3:  # test reg,reg: flags only
             i += 2
         elif b == 0xF7 and mod == 3 and reg == 0:  # test $imm32, reg
@@ -196,6 +212,21 @@ def probe_offset(code: bytes, protected: frozenset[int] = _ALL_ARGS) -> int:
         else:
             return 0
     return 0
+
+
+def tail_jump_target(code: bytes, vaddr: int) -> int | None:
+    """Target of an unconditional jmp that begins a function (after endbr64), else None."""
+    i = 4 if code[:4] == b"\xf3\x0f\x1e\xfa" else 0
+    if len(code) >= i + 5 and code[i] == 0xE9:
+        return vaddr + i + 5 + int.from_bytes(code[i + 1:i + 5], "little", signed=True)
+    if len(code) >= i + 2 and code[i] == 0xEB:
+        return vaddr + i + 2 + int.from_bytes(code[i + 1:i + 2], "little", signed=True)
+    return None
+
+
+def probed_vaddrs(img: ElfImage, names: dict[str, int]) -> set[int]:
+    wanted = (*ALLOC_FUNCS, *FREE_FUNCS, *NEW_FUNCS, *DELETE_FUNCS)
+    return {names[n] for n in wanted if n in names}
 
 
 def _kind(path: str) -> str:
@@ -268,6 +299,11 @@ def resolve(pid: int, proc_root: str = "/proc") -> ProbePlan:
             problems.append(f"{name}: address {vaddr:#x} outside any segment")
             return
         code = _read_code(pid, obj, img, vaddr, 32, proc_root)
+        target = tail_jump_target(code, vaddr)
+        if target is not None and (img.in_plt(target) or target in probed_vaddrs(img, names)):
+            # e.g. libstdc++'s new[] is `jmp operator new@plt`, delete is `jmp free@plt`: the callee
+            # is probed and sees the real caller at *(%rsp); probing both would count one call twice
+            return
         first = obj.first
         path = f"{proc_root}/{pid}/map_files/{first.start:x}-{first.end:x}"
         if (path, entry) in seen:  # aliases (memalign/aligned_alloc) share one address
@@ -280,6 +316,21 @@ def resolve(pid: int, proc_root: str = "/proc") -> ProbePlan:
         add(provider, pimg, name, cookie, True, table)
     for name, cookie in FREE_FUNCS.items():
         add(provider, pimg, name, cookie, False, table)
+    # C++: operator new in the provider when it has its own (jemalloc, tcmalloc), else libstdc++'s,
+    # which calls malloc: without probing new itself, the caller of that malloc would be libstdc++
+    # and the real caller would only be found through frame pointers (often absent).
+    nest: tuple[int, int] | None = None
+    cxx = provider if provider_kind != "static" and "_Znwm" in pimg.exports else \
+        next((o for o in objs if _LIBSTDCXX_RE.search(o.path)), None)
+    if cxx is not None and provider_kind != "static":
+        cimg = image(cxx)
+        if cimg is not None and "_Znwm" in cimg.exports:
+            for name in NEW_FUNCS:
+                add(cxx, cimg, name, K_NEW, True, cimg.exports)
+            for name in DELETE_FUNCS:
+                add(cxx, cimg, name, F_DELETE, False, cimg.exports)
+            ranges = cxx.exec_ranges()
+            nest = (min(lo for lo, _ in ranges), max(hi for _, hi in ranges))
     if "malloc" not in {p.symbol for p in points} or "free" not in {p.symbol for p in points}:
         raise SourceUnavailable(f"pid {pid}: {provider.path} has no usable malloc/free symbols")
 
@@ -311,7 +362,7 @@ def resolve(pid: int, proc_root: str = "/proc") -> ProbePlan:
     alloc_ranges = tuple(provider.exec_ranges()) if provider_kind != "static" else ()
     alloc_symbols = frozenset(
         [*ALLOC_FUNCS, *FREE_FUNCS, "reallocarray", *_STATIC_ALLOCATOR_INTERNALS, "_int_free",
-         "__libc_free", "tcache_init", "malloc_hook_ini", "__malloc_hook_ini"])
+         "__libc_free", "tcache_init", "malloc_hook_ini", "__malloc_hook_ini", *NEW_FUNCS, *DELETE_FUNCS])
     return ProbePlan(pid=pid, provider=provider.path, provider_kind=provider_kind, points=tuple(points),
                      skip_ranges=tuple(skip), allocator_ranges=alloc_ranges,
-                     allocator_symbols=alloc_symbols, problems=tuple(problems))
+                     allocator_symbols=alloc_symbols, nest_range=nest, problems=tuple(problems))

@@ -77,7 +77,8 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
     if duration_s <= 0:
         raise ValueError("duration must be positive")
     plan = resolve(pid, proc_root)
-    cflags = probes.build_cflags(pid, mode=mode, interval_bytes=interval_bytes, max_allocs=max_allocs)
+    cflags = probes.build_cflags(pid, mode=mode, interval_bytes=interval_bytes, max_allocs=max_allocs,
+                                 nest_range=plan.nest_range)
     loaded = probes.load(cflags, mode=mode, interval_bytes=interval_bytes)
     sym = Symbolizer(pid, proc_root, allocator_ranges=plan.allocator_ranges,
                      allocator_symbols=plan.allocator_symbols)
