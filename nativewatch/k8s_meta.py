@@ -442,10 +442,16 @@ class PodMetadata:
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None, *, kubelet_url: str | None = None,
-                         sa_dir: Path = SERVICE_ACCOUNT_DIR, kubelet_insecure: bool = False,
+                         sa_dir: Path | None = None, kubelet_insecure: bool = False,
                          **watcher_kw: Any) -> PodMetadata:
-        """API server when running in a pod; the kubelet when a URL is given; else cgroup-only."""
+        """API server when running in a pod; the kubelet when a URL is given; else cgroup-only.
+
+        NATIVEWATCH_KUBELET_URL selects the kubelet; NATIVEWATCH_K8S_SA_DIR overrides where the service
+        account token and CA are read (default: the pod's mounted service account)."""
         env = os.environ if env is None else env
+        if sa_dir is None:
+            sa_dir = Path(env.get("NATIVEWATCH_K8S_SA_DIR") or SERVICE_ACCOUNT_DIR)
+        kubelet_url = kubelet_url or env.get("NATIVEWATCH_KUBELET_URL") or None
         index = PodIndex()
         if kubelet_url:
             token = sa_dir / "token"

@@ -276,6 +276,18 @@ def test_outside_a_cluster_labels_are_cgroup_only(tmp_path):
     meta.stop()
 
 
+def test_environment_selects_service_account_dir_and_kubelet(tmp_path):
+    """How a process without the pod's default mounts (the agent under test) is pointed at a source."""
+    sa = service_account(tmp_path, None)
+    meta = PodMetadata.from_environment({"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443",
+                                         "NODE_NAME": "worker-1", "NATIVEWATCH_K8S_SA_DIR": str(sa)})
+    assert meta.watcher is not None and meta.watcher.endpoint.token_path == sa / "token"
+    assert meta.watcher.endpoint.base_url == "https://10.96.0.1:443"
+    meta = PodMetadata.from_environment({"NODE_NAME": "worker-1", "NATIVEWATCH_K8S_SA_DIR": str(sa),
+                                         "NATIVEWATCH_KUBELET_URL": "http://127.0.0.1:10255"})
+    assert meta.watcher.endpoint.kind == "kubelet" and meta.watcher.endpoint.pods_url() == "http://127.0.0.1:10255/pods"
+
+
 def test_missing_node_name_is_reported(tmp_path):
     meta = PodMetadata.from_environment({"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": "1"},
                                         sa_dir=service_account(tmp_path, None))
