@@ -17,16 +17,26 @@ RULES_TEST = ROOT / "deploy" / "prometheus" / "rules_test.yml"
 PROMETHEUS_RULE = ROOT / "deploy" / "base" / "prometheusrule.yaml"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
-# DESIGN.md's metric families plus the agent's self-metrics: the only names rules may use.
-KNOWN_METRICS = {
+EXPORTER = ROOT / "nativewatch" / "agent" / "exporter.py"
+# DESIGN.md's metric families: the exporter must have every one of them.
+DESIGN_METRICS = {
     "nativewatch_container_memory_bytes", "nativewatch_container_memory_growth_bytes_per_second",
     "nativewatch_container_memory_working_set_bytes", "nativewatch_container_memory_limit_bytes",
     "nativewatch_container_oom_kills_total", "nativewatch_process_memory_bytes",
     "nativewatch_process_memory_growth_bytes_per_second", "nativewatch_jvm_nmt_committed_bytes",
-    "nativewatch_native_site_outstanding_bytes", "nativewatch_scrape_source_success",
-    "nativewatch_scrape_source_duration_seconds", "nativewatch_bpf_lost_events_total",
-    "nativewatch_build_info", "up",
+    "nativewatch_native_site_outstanding_bytes",
 }
+
+
+def exported_metric_names() -> set[str]:
+    """Every family the agent's exporter can emit, read from its source (counters get `_total`), so
+    rules and dashboards are checked against what the agent really exposes."""
+    text = EXPORTER.read_text()
+    names = set()
+    for kind, name in re.findall(r'(Gauge|Counter)MetricFamily\(\s*"(nativewatch_[a-z0-9_]+)"', text):
+        names.add(name + "_total" if kind == "Counter" and not name.endswith("_total") else name)
+    return names
+
 
 needs_promtool = pytest.mark.skipif(not Path(PROMTOOL).exists(), reason="promtool missing: run scripts/setup.sh")
 
@@ -62,7 +72,12 @@ def test_prometheus_rule_in_base_is_generated_from_rules_yml():
     assert shipped == expected
 
 
-def test_rules_use_only_known_metric_names():
+def test_exporter_has_designs_metric_families():
+    assert exported_metric_names() >= DESIGN_METRICS, DESIGN_METRICS - exported_metric_names()
+
+
+def test_rules_use_only_metric_names_the_agent_exports():
+    known = exported_metric_names() | {"up"}
     groups = yaml.safe_load(RULES.read_text())["groups"]
     recorded = {r["record"] for g in groups for r in g["rules"] if "record" in r}
     for g in groups:
@@ -70,7 +85,7 @@ def test_rules_use_only_known_metric_names():
             tokens = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", re.sub(r'"[^"]*"', "", rule["expr"])))
             names = {t for t in tokens if t.startswith("nativewatch") or t == "up"}
             assert names, rule
-            unknown = names - KNOWN_METRICS - recorded
+            unknown = names - known - recorded
             assert not unknown, f"{rule.get('alert') or rule.get('record')}: unknown metrics {unknown}"
     for name in recorded:  # Prometheus' level:metric:operations naming for recording rules
         assert re.fullmatch(r"nativewatch:[a-z_]+:[a-z0-9_]+", name), name
