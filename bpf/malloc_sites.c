@@ -324,15 +324,20 @@ int on_free(struct pt_regs *ctx)
     if (addr == 0)
         return 0;
     u32 kind = (u32)bpf_get_attach_cookie(ctx);
-#if EXACT && defined(NEST_LO)
-    if (kind == F_FREE) {
+    int unmatched_counts = kind == F_FREE;
+#if EXACT
+    if (unmatched_counts) {
         u64 caller = 0;
         bpf_probe_read_user(&caller, sizeof(caller), (void *)PT_REGS_SP(ctx));
         if (nested(caller))
             return 0;  /* freeing what a skipped nested malloc returned */
+        /* the allocator's and libc's own frees (e.g. a thread's tcache flushed at exit) release
+         * blocks the program already freed: not unmatched */
+        if (in_skip_range(caller))
+            unmatched_counts = 0;
     }
 #endif
     /* munmap of an address never tracked is normal (file mappings, the allocator's own) */
-    release(addr, kind == F_FREE);
+    release(addr, unmatched_counts);
     return 0;
 }

@@ -129,7 +129,7 @@ def check_leak(result: ProfileResult, leaked: int, *, exact: bool) -> None:
 
 
 def leaky(cflags: tuple[str, ...] = ("-O2",), ldflags: tuple[str, ...] = ()) -> Path:
-    return build_c("leaky_sites.c", cflags=list(cflags), ldflags=list(ldflags))
+    return build_c("leaky_sites.c", cflags=[*cflags, "-pthread"], ldflags=list(ldflags))
 
 
 VARIANTS = {
@@ -183,6 +183,19 @@ def test_cpp_operator_new_site_is_named_and_exact(bpf_available, preload):
             top = sampled.sites[0]
             assert top.frames[0].startswith("cache::Cache::insert(")
             assert abs(top.outstanding_bytes - leaked) <= 0.15 * leaked, (top.outstanding_bytes, leaked)
+    finally:
+        target.stop()
+
+
+def test_threads_allocating_concurrently_are_matched_per_thread(bpf_available):
+    """Four threads malloc/free at once: each session return must pair with its own thread's entry."""
+    target = start(leaky())
+    try:
+        result, replies = profile_while(target, ["par 1500"], mode="exact")
+        check_leak(result, truth(replies[0], "leaked"), exact=True)
+        assert result.sites[0].outstanding_allocations == 6000
+        sampled, replies = profile_while(target, ["par 2000"], mode="sampled")
+        check_leak(sampled, truth(replies[0], "leaked"), exact=False)
     finally:
         target.stop()
 

@@ -57,6 +57,7 @@ _STATIC_ALLOCATOR_INTERNALS = (
     "munmap_chunk", "mremap_chunk", "systrim", "heap_trim", "shrink_heap", "__libc_malloc",
     "__libc_realloc", "__libc_calloc", "__libc_memalign", "allocate_stack", "_dl_map_object_from_fd",
     "tcache_init", "ptmalloc_init", "_IO_file_doallocate", "__libc_alloc_buffer_allocate",
+    "tcache_thread_shutdown", "__libc_thread_freeres", "arena_thread_freeres", "__malloc_arena_thread_freeres",
 )
 
 

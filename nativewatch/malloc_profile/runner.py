@@ -32,6 +32,12 @@ def _alive(pid: int, proc_root: str) -> bool:
         return False
 
 
+def _thread_group(pid: int, proc_root: str) -> int:
+    """A thread id names its process: probes filter on the thread group id."""
+    tgid = read_status(pid, proc_root).fields.get("Tgid", "")
+    return int(tgid) if tgid.isdigit() and int(tgid) > 0 else pid
+
+
 class _Collector:
     def __init__(self, loaded: probes.Loaded, sym: Symbolizer) -> None:
         self.loaded = loaded
@@ -76,6 +82,7 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
     cannot be used."""
     if duration_s <= 0:
         raise ValueError("duration must be positive")
+    pid = _thread_group(pid, proc_root)
     plan = resolve(pid, proc_root)
     cflags = probes.build_cflags(pid, mode=mode, interval_bytes=interval_bytes, max_allocs=max_allocs,
                                  nest_range=plan.nest_range)

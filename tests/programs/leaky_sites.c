@@ -5,6 +5,7 @@
  *   "go N"    : N rounds of leaky_cache_insert (retained) + churn_work (freed again)
  *   "mmap N"  : N anonymous mmaps of 256 KiB retained by leaky_mmap_region
  *   "big N"   : N mallocs of 200 KiB retained by leaky_big_insert (glibc serves them with mmap)
+ *   "par N"   : 4 threads, each doing "go N"; replies with the sum
  *   "quit"    : exit(0)
  * Replies "done leaked=<bytes> allocs=<n> churned=<bytes>" or "mapped=<bytes> maps=<n>". Stays
  * alive until "quit" or EOF so a profile can look at outstanding memory. */
@@ -12,11 +13,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/mman.h>
 
 struct entry { struct entry *next; size_t len; char data[]; };
-static struct entry *cache_head;
-static unsigned long rng = 88172645463325252UL;
+static __thread struct entry *cache_head;  /* per thread: "par" runs it from several threads */
+static __thread unsigned long rng = 88172645463325252UL;
 
 static unsigned long next_rand(void)
 {
@@ -71,6 +73,19 @@ __attribute__((noinline)) size_t leaky_big_insert(size_t len)
     return sizeof(*e) + len;
 }
 
+struct par_arg { long rounds; size_t leaked; };
+
+static void *par_worker(void *p)
+{
+    struct par_arg *a = p;
+    rng ^= (unsigned long)(size_t)p;
+    for (long i = 0; i < a->rounds; i++) {
+        a->leaked += leaky_cache_insert(512 + next_rand() % 7680);
+        churn_work(20);
+    }
+    return NULL;
+}
+
 int main(void)
 {
     char line[128];
@@ -95,6 +110,20 @@ int main(void)
             for (long i = 0; i < n; i++)
                 big += leaky_big_insert(200 * 1024);
             printf("big=%zu\n", big);
+        } else if (sscanf(line, "par %ld", &n) == 1) {
+            pthread_t t[4];
+            struct par_arg args[4];
+            size_t leaked = 0;
+            for (int i = 0; i < 4; i++) {
+                args[i].rounds = n;
+                args[i].leaked = 0;
+                pthread_create(&t[i], NULL, par_worker, &args[i]);
+            }
+            for (int i = 0; i < 4; i++) {
+                pthread_join(t[i], NULL);
+                leaked += args[i].leaked;
+            }
+            printf("done leaked=%zu allocs=%ld\n", leaked, 4 * n);
         } else if (strncmp(line, "quit", 4) == 0) {
             return 0;
         }
