@@ -1,0 +1,85 @@
+"""Auto-capture (issue 6): when a process's `native` floor keeps rising past the threshold, the agent arms
+a time-boxed sampled malloc profile on that process alone and keeps the pprof file and top sites as
+evidence, then exports the top sites.
+
+Workload: `agent_load leak 4096` (4 MiB/s in 256 KiB-64 B blocks, malloc'd from `main`, never freed) next
+to `agent_load hold 16` (static, must not be captured). Settings: 1 s scans, verdict after 8 s of
+window, capture threshold 16 MiB of floor growth, 5 s profile. Ground truth for the profile: over 5 s the
+leaker allocates 20 MiB that stays outstanding; sampled at one sample per 512 KiB on average (~40
+samples), so the scaled-back figure is within ±50% (more than 3 standard deviations of the sampling
+error) unless the capture is wrong.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import build_c
+
+from nativewatch.agent.config import load_config
+from nativewatch.agent.evidence import list_evidence, load_evidence
+from nativewatch.agent.exporter import make_registry
+from nativewatch.agent.loop import Agent
+
+MIB = 1 << 20
+
+
+def _start(prog: Path, *args: str) -> subprocess.Popen:
+    p = subprocess.Popen([str(prog), *args], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    return p
+
+
+@pytest.mark.slow
+@pytest.mark.bpf
+def test_rising_native_floor_arms_a_time_boxed_malloc_profile(bpf_available, tmp_path):
+    pytest.importorskip("nativewatch.malloc_profile")
+    prog = build_c("agent_load.c", cflags=["-O1", "-fno-omit-frame-pointer"])
+    leak = _start(prog, "leak", "4096")
+    hold = _start(prog, "hold", "16")
+    cfg = load_config(None, interval_s=1.0, full_interval_s=1.0, window_s=30, min_leak_window_s=8,
+                      track=(leak.pid, hold.pid), state_dir=tmp_path / "state", evidence_dir=tmp_path / "ev",
+                      auto_capture_min_growth_bytes=16 * MIB, auto_capture_duration_s=5.0, bpf=False)
+    agent = Agent(cfg)
+    try:
+        assert "auto-capture" not in agent.degraded, agent.degraded
+        deadline = time.monotonic() + 60
+        doc = None
+        while time.monotonic() < deadline and doc is None:
+            agent.scan_once()
+            caps = [s for s in list_evidence(cfg.evidence_dir)[0] if s.kind == "auto-capture"]
+            if caps:
+                doc = load_evidence(cfg.evidence_dir, caps[0].id)
+            time.sleep(1)
+        assert doc is not None, f"no capture within 60 s: {agent.error_log}"
+        assert doc["pid"] == leak.pid
+        assert doc["trigger"]["leak"] is True
+        assert doc["trigger"]["bytes_per_second"] == pytest.approx(4 * MIB, rel=0.2)
+        assert "problems" not in doc, doc.get("problems")
+        assert Path(doc["pprof"]).stat().st_size > 0
+        sites = doc["profile"]["sites"]
+        assert sites, doc["profile"]
+        top = sites[0]
+        assert any(f.startswith("main ") for f in top["frames"][:2]), top["frames"]
+        assert 10 * MIB <= top["outstanding_bytes"] <= 30 * MIB
+        # One capture at a time, one process only, and not again within the cool-down.
+        for _ in range(3):
+            agent.scan_once()
+            time.sleep(0.5)
+        caps = [s for s in list_evidence(cfg.evidence_dir)[0] if s.kind == "auto-capture"]
+        assert [c.pid for c in caps] == [leak.pid]
+        reg = make_registry(lambda: agent.view)
+        comm = Path(f"/proc/{leak.pid}/comm").read_text().strip()
+        site = ";".join(top["frames"][:3])
+        v = reg.get_sample_value("nativewatch_native_site_outstanding_bytes",
+                                 {"pid": str(leak.pid), "comm": comm, "runtime": "native", "namespace": "",
+                                  "pod": "", "container": "", "container_id": "", "site": site})
+        assert v == top["outstanding_bytes"]
+    finally:
+        agent.close()
+        for p in (leak, hold):
+            p.kill()
+            p.wait()
