@@ -13,6 +13,7 @@ from nativewatch.clickutil import DURATION, SIZE, fail, pid_errors
 from nativewatch.errors import AccessDenied, ProcessGone, SourceUnavailable
 from nativewatch.malloc_profile import probes
 from nativewatch.malloc_profile.pprof import write_pprof
+from nativewatch.malloc_profile.resolve import resolve
 from nativewatch.malloc_profile.result import ProfileResult
 from nativewatch.malloc_profile.runner import DEFAULT_INTERVAL, run_profile
 from nativewatch.units import human_bytes
@@ -57,6 +58,11 @@ def command(pid: int, duration: float, as_json: bool, output: str | None, mode: 
     except ValueError as exc:
         fail(str(exc))
     if dump_bpf:
+        try:  # with the target's C++ nest range when it can be resolved
+            plan = resolve(pid, proc_root)
+            cflags = probes.build_cflags(pid, mode=mode, interval_bytes=interval, nest_range=plan.nest_range)
+        except (ProcessGone, AccessDenied, SourceUnavailable):
+            pass
         click.echo(probes.dump_source(cflags))
         return
     stop = threading.Event()

@@ -326,3 +326,16 @@ def test_running_top_sites_only_while_the_writer_lives(tmp_path):
     assert running_top_sites(4242, directory=tmp_path) is None
     (tmp_path / "profile-4242.json").write_text("{garbage")
     assert running_top_sites(4242, directory=tmp_path) is None
+
+
+def test_cli_dump_bpf_prints_the_final_program(nativewatch_cli):
+    r = nativewatch_cli("profile", "--pid", str(os.getpid()), "--mode", "exact", "--dump-bpf", check=True)
+    assert f"#define TARGET_TGID {os.getpid()}" in r.stdout and "#define EXACT 1" in r.stdout
+    assert "int on_alloc(struct pt_regs *ctx)" in r.stdout and "#define K_MALLOC 1" in r.stdout
+
+
+def test_cli_profile_rejects_bad_arguments(nativewatch_cli):
+    r = nativewatch_cli("profile", "--pid", str(os.getpid()), "--interval", "10", "--duration", "1s")
+    assert r.returncode == 1 and "at least 256 bytes" in r.stderr
+    r = nativewatch_cli("profile", "--pid", "0")
+    assert r.returncode == 1 and "invalid pid" in r.stderr
