@@ -234,44 +234,63 @@ def _recv_all(conn: socket.socket, deadline: float, limit: int) -> bytes:
             raise AttachError(f"attach reply larger than {limit} bytes")
 
 
+def _connect_node(node: int, ids: paths.TargetIds, deadline: float) -> socket.socket:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        conn.settimeout(_remaining(deadline, "connecting"))
+        with _as_target(ids.euid, ids.egid):
+            conn.connect(f"/proc/thread-self/fd/{node}")
+    except TimeoutError:
+        conn.close()
+        raise AttachTimeout("timed out connecting to the attach socket") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def _connect(pid: int, proc_root: str, deadline: float, pidfd: int | None) -> tuple[socket.socket, paths.TargetIds]:
+    """Connect to the JVM's attach socket, starting its listener first if needed.
+
+    A socket that refuses connections is a leftover of an earlier JVM with the same pid (a JVM that
+    was SIGKILLed cannot remove it): the listener is then started as if no socket existed, and the
+    JVM replaces the file; we wait for a socket with a different inode.
+    """
     ids = paths.target_ids(pid, proc_root)
     tmp_fd = paths.open_target_tmp(pid, proc_root)
+    sock_name, trig_name = f".java_pid{ids.nspid}", f".attach_pid{ids.nspid}"
+    stale: int | None = None
+    ident: tuple[int, int] | None = None
+    triggered = False
+    delay = 0.005
     try:
-        sock_name = f".java_pid{ids.nspid}"
-        node = _open_socket_node(tmp_fd, sock_name, ids.euid)
-        if node is None:
-            trig_name = f".attach_pid{ids.nspid}"
-            with _as_target(ids.euid, ids.egid):
-                ident = _create_trigger(tmp_fd, trig_name, ids.euid)
+        while True:
+            node = _open_socket_node(tmp_fd, sock_name, ids.euid)
+            if node is not None and stale is not None and os.fstat(node).st_ino == stale:
+                os.close(node)
+                node = None
+            if node is None:
+                if not triggered:
+                    with _as_target(ids.euid, ids.egid):
+                        ident = _create_trigger(tmp_fd, trig_name, ids.euid)
+                    triggered = True
+                    if pidfd is not None:
+                        signal.pidfd_send_signal(pidfd, signal.SIGQUIT)
+                    else:
+                        os.kill(pid, signal.SIGQUIT)
+                time.sleep(min(delay, _remaining(deadline, "waiting for the attach listener to start")))
+                delay = min(delay * 2, 0.1)
+                continue
             try:
-                if pidfd is not None:
-                    signal.pidfd_send_signal(pidfd, signal.SIGQUIT)
-                else:
-                    os.kill(pid, signal.SIGQUIT)
-                delay = 0.005
-                while node is None:
-                    time.sleep(min(delay, _remaining(deadline, "waiting for the attach listener to start")))
-                    delay = min(delay * 2, 0.1)
-                    node = _open_socket_node(tmp_fd, sock_name, ids.euid)
+                return _connect_node(node, ids, deadline), ids
+            except ConnectionRefusedError:
+                if triggered:
+                    raise AttachError("the attach socket refuses connections") from None
+                stale = os.fstat(node).st_ino
             finally:
-                _remove_trigger(tmp_fd, trig_name, ident)
-        try:
-            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            try:
-                conn.settimeout(_remaining(deadline, "connecting"))
-                with _as_target(ids.euid, ids.egid):
-                    conn.connect(f"/proc/thread-self/fd/{node}")
-            except TimeoutError:
-                conn.close()
-                raise AttachTimeout("timed out connecting to the attach socket") from None
-            except BaseException:
-                conn.close()
-                raise
-        finally:
-            os.close(node)
-        return conn, ids
+                os.close(node)
     finally:
+        _remove_trigger(tmp_fd, trig_name, ident)
         os.close(tmp_fd)
 
 

@@ -124,6 +124,13 @@ class Jvm:
         return self.proc.poll() is None
 
     def close(self) -> None:
+        # Ask first: a JVM that exits normally removes its /tmp/.java_pid socket, a SIGKILLed one cannot.
+        if self.proc.poll() is None and self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.write(b"quit\n")
+                self.proc.stdin.flush()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
