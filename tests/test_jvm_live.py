@@ -165,9 +165,19 @@ def test_jdk17_direct_buffers_grow_direct(jvm17):
     assert other["malloc_bytes"] >= 64 * MiB
     _check_growth(r0, r1, "direct", 64 * MiB)
     # The malloc-backed category is NMT's malloc figure unless the pool was short (reported).
-    # A malloc shortfall (NMT counts malloc'd-but-untouched memory) is shared proportionally; here it
-    # can only be the JVM's own few MiB of untouched buffers, so direct keeps at least 90%.
+    # Malloc-backed categories get NMT's malloc figure from the resident malloc pool. NMT also counts
+    # malloc'd memory nobody touched yet (G1 remembered-set and card-set tables, arena chunks: about
+    # 3 MiB on these JVMs), which is not resident; that shortfall is shared in proportion, so each
+    # category is at most its figure and all together at most 8 MiB below.
     assert other["resident_malloc_bytes"] >= 0.9 * other["malloc_bytes"]
+    short_total = 0
+    for name, c in r1.nmt["categories"].items():
+        if name in ("Java Heap", "Shared class space"):
+            continue
+        figure = c["committed_bytes"] - c["mmap_committed_bytes"]
+        assert 0 <= figure - c["resident_malloc_bytes"] <= 8 * MiB, name
+        short_total += figure - c["resident_malloc_bytes"]
+    assert short_total <= 8 * MiB
     _check_regions_match_smaps(facts1, r1, f1)
 
 
