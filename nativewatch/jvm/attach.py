@@ -39,7 +39,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from nativewatch.errors import NativewatchError
+from nativewatch.errors import NativewatchError, ProcessGone
 from nativewatch.jvm import paths
 from nativewatch.jvm.verify import check_hotspot
 
@@ -326,8 +326,6 @@ def execute(pid: int, command: str, args: Sequence[str] = (), *, proc_root: str 
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
-            from nativewatch.errors import ProcessGone
-
             raise ProcessGone(pid) from None
         except OSError:
             pidfd = None
@@ -335,6 +333,7 @@ def execute(pid: int, command: str, args: Sequence[str] = (), *, proc_root: str 
         if not check.ok:
             raise NotAttachable(pid, check.reasons)
         version = protocol if isinstance(protocol, int) else 0
+        key = (pid, 0)
         if protocol == "auto":
             ids = paths.target_ids(pid, proc_root)
             key = (pid, ids.starttime)
@@ -350,12 +349,15 @@ def execute(pid: int, command: str, args: Sequence[str] = (), *, proc_root: str 
                           max_reply_bytes)
         code, out = parse_reply(raw)
         if code == ATTACH_ERROR_BADVERSION and version == 2:
-            raise AttachError("JVM refused protocol v2 (code 101)")
+            if protocol != "auto":
+                raise AttachError("the JVM refused protocol v2 (code 101)")
+            # v2 offered but refused (e.g. disabled since the probe): speak v1 from now on.
+            _version_cache[key] = version = 1
+            raw, _ = _request(pid, proc_root, deadline, pidfd, encode_request(command, args, 1), max_reply_bytes)
+            code, out = parse_reply(raw)
         return AttachResult(code, out, version, time.monotonic() - t0)
     except OSError as exc:
         if exc.errno in (errno.ESRCH,):
-            from nativewatch.errors import ProcessGone
-
             raise ProcessGone(pid) from None
         raise AttachError(f"attach to pid {pid} failed: {exc}") from None
     finally:
