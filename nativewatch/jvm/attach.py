@@ -48,7 +48,7 @@ __all__ = [
     "encode_request", "parse_reply", "execute", "jcmd", "set_max_concurrent", "MAX_REPLY_BYTES",
 ]
 
-MAX_REPLY_BYTES = 64 << 20
+MAX_REPLY_BYTES = 16 << 20  # NMT detail of a big application is a few MiB
 ATTACH_ERROR_BADVERSION = 101
 V1_NAME_MAX = 16
 V1_ARG_MAX = 1024

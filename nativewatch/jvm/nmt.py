@@ -26,13 +26,16 @@ __all__ = [
 UNITS = {"": 1, "B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
 
 _FIG_RE = re.compile(
-    r"(?P<key>[A-Za-z][A-Za-z ]*?)\s*=\s*(?P<val>\d+)(?P<unit>KB|MB|GB|B)?"
-    r"(?:\s+(?P<dsign>[+-])(?P<dval>\d+)(?P<dunit>KB|MB|GB|B)?(?![\w.%]))?"
+    r"(?P<key>[A-Za-z][A-Za-z ]{0,40}?)\s*=\s*(?P<val>\d{1,30})(?P<unit>KB|MB|GB|B)?"
+    r"(?:\s+(?P<dsign>[+-])(?P<dval>\d{1,30})(?P<dunit>KB|MB|GB|B)?(?![\w.%]))?"
 )
 _COUNT_RE = re.compile(r"#(?P<val>\d+)(?:\s+(?P<dsign>[+-])(?P<dval>\d+))?")
-_CAT_RE = re.compile(r"^-\s*(?P<name>[A-Za-z][A-Za-z0-9 ]*?)\s*\((?P<body>.*)\)\s*$")
+_CAT_RE = re.compile(r"^-\s*(?P<name>[A-Za-z][A-Za-z0-9 ]{0,60}?)\s*\((?P<body>.*)\)\s*$")
 _TOTAL_RE = re.compile(r"^Total:\s*(?P<body>.*)$")
 _MAX_NAME = 64
+# Real NMT / System.map lines are well under 1 KiB (System.map paths excepted); longer ones are skipped
+# so a hostile reply cannot make the regexes work quadratically.
+_MAX_LINE = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +118,7 @@ def _prefix_of(body: str) -> str:
     for key in ("mmap:", "stack:", "malloc:"):
         if b.startswith(key):
             return key[:-1]
-    m = re.match(r"([A-Za-z][A-Za-z ]*?)\s*=", b)
+    m = re.match(r"([A-Za-z][A-Za-z ]{0,40}?)\s*=", b)
     if m:
         return m.group(1).strip().lower().replace(" ", "_")
     return ""
@@ -170,6 +173,9 @@ def parse_summary(text: str) -> NmtReport:
     for raw in text.splitlines():
         line = raw.strip()
         if not line:
+            continue
+        if len(line) > _MAX_LINE:
+            problems.append("overlong line skipped")
             continue
         if line.startswith(("Virtual memory map", "Details:")):
             break
@@ -285,7 +291,7 @@ class NmtVirtualMap:
 
 _RES_RE = re.compile(
     r"^\[0x(?P<s>[0-9a-fA-F]+)\s*-\s*0x(?P<e>[0-9a-fA-F]+)\]\s+reserved(?P<and> and committed)?\s+"
-    r"(?P<size>\d+)(?P<unit>KB|MB|GB|B)?\s+for\s+(?P<cat>[A-Za-z][A-Za-z0-9 ]*?)(?:\s+from)?\s*$")
+    r"(?P<size>\d+)(?P<unit>KB|MB|GB|B)?\s+for\s+(?P<cat>[A-Za-z][A-Za-z0-9 ]{0,60}?)(?:\s+from)?\s*$")
 _COM_RE = re.compile(
     r"^\[0x(?P<s>[0-9a-fA-F]+)\s*-\s*0x(?P<e>[0-9a-fA-F]+)\]\s+committed\s+(?P<size>\d+)(?P<unit>KB|MB|GB|B)?"
     r"(?:\s+from)?\s*$")
@@ -325,6 +331,8 @@ def parse_detail_regions(text: str) -> NmtVirtualMap:
 
     for raw in text.splitlines():
         line = raw.strip()
+        if len(line) > _MAX_LINE:
+            continue
         if not in_map:
             if line.startswith("Virtual memory map"):
                 in_map = True
@@ -402,6 +410,9 @@ def parse_system_map(text: str) -> SystemMap:
     problems: list[str] = []
     out: list[SystemMapEntry] = []
     for lineno, raw in enumerate(text.splitlines(), 1):
+        if len(raw) > _MAX_LINE:
+            problems.append(f"line {lineno}: overlong line skipped")
+            continue
         m = _SM_RE.match(raw.strip())
         if not m:
             continue
