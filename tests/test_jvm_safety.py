@@ -189,3 +189,13 @@ def test_parse_stat_starttime_with_hostile_comm():
     line = b"123 (evil) 1 2 3 (x) S 1 1 1 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 987654 100 200"
     assert paths.parse_stat_starttime(line) == 987654
     assert paths.parse_stat_starttime(b"garbage") == 0
+
+
+def test_hsperfdata_lookup_never_opens_a_fifo(tmp_path):
+    (tmp_path / "hsperfdata_app").mkdir()
+    os.mkfifo(tmp_path / "hsperfdata_app" / "42")  # a blocking open(O_RDONLY) would hang here
+    fd = _dir_fd(tmp_path)
+    try:
+        assert hsperf.find_hsperfdata(fd, 42, None) is None
+    finally:
+        os.close(fd)

@@ -96,13 +96,18 @@ def parse_hsperfdata(data: bytes) -> PerfData:
 
 
 def _read_nofollow(dir_fd: int, name: str, owner: int | None) -> bytes:
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+    # O_PATH first: a device node or FIFO planted under that name is never really opened.
+    path_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
-        st = os.fstat(fd)
+        st = os.fstat(path_fd)
         if not stat.S_ISREG(st.st_mode):
             raise AccessDenied(0, f"hsperfdata {name} is not a regular file")
         if owner is not None and st.st_uid != owner:
             raise AccessDenied(0, f"hsperfdata {name} owned by uid {st.st_uid}, not the JVM's {owner}")
+        fd = os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(path_fd)
+    try:
         chunks = []
         total = 0
         while total < MAX_FILE_BYTES:
