@@ -139,12 +139,19 @@ def _as_target(euid: int, egid: int) -> Iterator[None]:
         return
     sys_uid, sys_gid = _SYSCALLS
     dumpable = _libc.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0)
-    _raw(sys_gid, -1, egid, -1)
+    try:
+        _raw(sys_gid, -1, egid, -1)
+    except OSError:
+        # The ids are not mapped in our user namespace, or CAP_SETGID is missing: stay root, which
+        # the JVM also accepts when it shares our user namespace.
+        yield
+        return
     try:
         _raw(sys_uid, -1, euid, -1)
     except OSError:
         _raw(sys_gid, -1, 0, -1)
-        raise
+        yield
+        return
     try:
         yield
     finally:
