@@ -284,19 +284,29 @@ int on_alloc(struct pt_regs *ctx)
     default:
         return 1;
     }
+    /* the caller is read up front only when a filter needs it; otherwise just for sampled calls */
     u64 caller = 0;
-    bpf_probe_read_user(&caller, sizeof(caller), (void *)PT_REGS_SP(ctx));
-    if (kind != K_NEW && kind != K_MMAP && nested(caller))
-        return 1;
+#ifdef NEST_LO
+    const int early_caller = 1;
+#else
+    const int early_caller = 0;
+#endif
+    if (early_caller || kind == K_MMAP) {
+        bpf_probe_read_user(&caller, sizeof(caller), (void *)PT_REGS_SP(ctx));
+        if (kind != K_NEW && kind != K_MMAP && nested(caller))
+            return 1;
+        if (kind == K_MMAP && in_skip_range(caller)) {
+            /* the allocator's own mmaps are already counted through malloc */
+            count(C_SKIPPED_MMAP);
+            return 1;
+        }
+    }
     if (old)
         release(old, 1);
-    if (kind == K_MMAP && in_skip_range(caller)) {
-        /* the allocator's own mmaps are already counted through malloc */
-        count(C_SKIPPED_MMAP);
-        return 1;
-    }
     if (!sample(size))
         return 1;
+    if (!early_caller && kind != K_MMAP)
+        bpf_probe_read_user(&caller, sizeof(caller), (void *)PT_REGS_SP(ctx));
     count(C_SAMPLED);
 
     struct pending_val pv = {};
