@@ -262,3 +262,34 @@ def test_https_with_basic_auth_serves_metrics_and_snapshot(tmp_path):
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+# --- scan cadence and caps (on this machine's real processes) ---------------------------------------
+def test_cpu_budget_defers_full_attribution_but_tracked_pids_always_get_it(tmp_path):
+    import subprocess as sp
+
+    from nativewatch.agent.loop import Agent
+
+    keep = sp.Popen(["sleep", "60"])
+    try:
+        cfg = load_config(None, scan_budget_s=0.0, full_interval_s=3600, track=(keep.pid,), top_k=2,
+                          state_dir=tmp_path, evidence_dir=tmp_path / "ev", bpf=False, auto_capture=False)
+        agent = Agent(cfg)
+        try:
+            for _ in range(3):
+                before = agent.full_total
+                view = agent.scan_once()
+                # A zero budget: the tracked pid plus one other process per scan, the rest deferred.
+                assert 1 <= agent.full_total - before <= 2
+            assert agent.deferred_total > 0
+            pids = [p.breakdown.pid for p in view.processes]
+            # The cap: top_k=2 by RSS among those with a breakdown, plus the tracked pid.
+            assert keep.pid in pids and len(pids) == 3
+            others = sorted((r for r in agent.procs.values() if r.last is not None and r.pid != keep.pid),
+                            key=lambda r: -r.rss_bytes)
+            assert set(pids) - {keep.pid} == {r.pid for r in others[:2]}
+        finally:
+            agent.close()
+    finally:
+        keep.kill()
+        keep.wait()

@@ -5,7 +5,8 @@ Cadence, per scan:
   1. /proc/PID/stat for every pid (name, RSS, start time, kernel thread?): a few µs per process.
   2. Full attribution (`take_snapshot`, the same sources as `nativewatch snapshot`) for the processes
      that are due, in priority order (tracked pids, never-seen, then stalest), until the scan has used
-     `scan_budget_s` of CPU; the rest wait for the next scan (counted as deferred). A JVM's NMT attach
+     `scan_budget_s` of CPU (at least one per scan); the rest wait for the next scan (counted as
+     deferred). A JVM's NMT attach
      runs at most every `nmt_interval_s`; in between its last breakdown stands.
   3. Kill events (eBPF, else cgroup counters), page-fault stacks, container memcg figures.
 """
@@ -317,10 +318,14 @@ class Agent:
         tracked = set(cfg.track)
         # Tracked first, then never scanned (largest first), then the stalest.
         due.sort(key=lambda r: (r.pid not in tracked, r.last is not None, r.last_full_t, -r.rss_bytes))
+        untracked_done = 0
         for rec in due:
-            if rec.pid not in tracked and time.process_time() - cpu0 > cfg.scan_budget_s:
-                self.deferred_total += 1
-                continue
+            if rec.pid not in tracked:
+                # At least one per scan, so that a tiny budget still covers everyone eventually.
+                if untracked_done and time.process_time() - cpu0 > cfg.scan_budget_s:
+                    self.deferred_total += 1
+                    continue
+                untracked_done += 1
             jvm = "jvm" not in self.degraded and (rec.last is None or rec.last.runtime == "jvm")
             try:
                 try:
