@@ -6,8 +6,8 @@ Cadence, per scan:
   2. Full attribution (`take_snapshot`, the same sources as `nativewatch snapshot`) for the processes
      that are due, in priority order (tracked pids, never-seen, then stalest), until the scan has used
      `scan_budget_s` of CPU (at least one per scan); the rest wait for the next scan (counted as
-     deferred). A JVM's NMT attach
-     runs at most every `nmt_interval_s`; in between its last breakdown stands.
+     deferred). A JVM's NMT attach runs at most every `nmt_interval_s`; in between its last breakdown
+     stands.
   3. Kill events (eBPF, else cgroup counters), page-fault stacks, container memcg figures.
 """
 
