@@ -247,6 +247,20 @@ def test_mmap_leak_site_and_no_double_count_of_malloc_mmaps(bpf_available):
         target.stop()
 
 
+def test_jit_frames_are_named_from_the_perf_map(bpf_available):
+    target = start(leaky())
+    try:
+        # the map is written before the profile starts, as a JIT does while it runs
+        assert target.ask("jit 1").startswith("jit=")
+        result, replies = profile_while(target, ["jit 500"], mode="exact")
+        s = site(result, "jit_leaker")
+        assert s is not None and s.frames[0] == "jit_leaker ([jit])", [x.frames for x in result.sites]
+        assert s.outstanding_bytes == truth(replies[0], "jit")
+    finally:
+        target.stop()
+        Path(f"/tmp/perf-{target.pid}.map").unlink(missing_ok=True)
+
+
 def test_target_exiting_mid_profile_ends_cleanly(bpf_available):
     target = start(leaky())
     try:

@@ -60,6 +60,7 @@ class Symbolizer:
         self._starts: list[int] = []
         self._anon_exec: list[tuple[int, int]] = []
         self._perf: tuple[list[int], list[tuple[int, str]]] | None = None
+        self._perf_stale = False
         self._cache: dict[tuple[int, bool], str] = {}
         self._lock = threading.Lock()
         self.problems: list[str] = []
@@ -94,6 +95,7 @@ class Symbolizer:
                 self._regions.sort(key=lambda r: r.start)
                 self._starts = [r.start for r in self._regions]
             self._anon_exec = anon
+            self._perf_stale = True
 
     def close(self) -> None:
         with self._lock:
@@ -186,6 +188,17 @@ class Symbolizer:
             return None
         if self._perf is None:
             self._perf = self._load_perf_map()
+            self._perf_stale = False
+        name = self._perf_find(addr)
+        if name is None and self._perf_stale:
+            # JITs append to the map as they compile: re-read it once per refresh on a miss
+            self._perf = self._load_perf_map()
+            self._perf_stale = False
+            name = self._perf_find(addr)
+        return name
+
+    def _perf_find(self, addr: int) -> str | None:
+        assert self._perf is not None
         starts, entries = self._perf
         i = bisect.bisect_right(starts, addr) - 1
         if i >= 0 and addr < entries[i][0]:

@@ -6,6 +6,8 @@
  *   "mmap N"  : N anonymous mmaps of 256 KiB retained by leaky_mmap_region
  *   "big N"   : N mallocs of 200 KiB retained by leaky_big_insert (glibc serves them with mmap)
  *   "par N"   : 4 threads, each doing "go N"; replies with the sum
+ *   "jit N"   : N mallocs of 1000 bytes retained, called from generated code named "jit_leaker"
+ *               in /tmp/perf-<pid>.map (how JITs name their code for profilers)
  *   "quit"    : exit(0)
  * Replies "done leaked=<bytes> allocs=<n> churned=<bytes>" or "mapped=<bytes> maps=<n>". Stays
  * alive until "quit" or EOF so a profile can look at outstanding memory. */
@@ -15,6 +17,7 @@
 #include <string.h>
 #include <pthread.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 struct entry { struct entry *next; size_t len; char data[]; };
 static __thread struct entry *cache_head;  /* per thread: "par" runs it from several threads */
@@ -86,6 +89,28 @@ static void *par_worker(void *p)
     return NULL;
 }
 
+typedef void *(*jit_fn)(size_t);
+
+static jit_fn make_jit_leaker(void)
+{
+    /* movabs $malloc,%rax; sub $8,%rsp; call *%rax; add $8,%rsp; ret */
+    unsigned char code[] = {0x48, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0x48, 0x83, 0xec, 0x08, 0xff, 0xd0,
+                            0x48, 0x83, 0xc4, 0x08, 0xc3};
+    void *(*target)(size_t) = malloc;
+    memcpy(code + 2, &target, sizeof(target));
+    unsigned char *mem = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC,
+                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) abort();
+    memcpy(mem + 64, code, sizeof(code));
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/perf-%d.map", (int)getpid());
+    FILE *f = fopen(path, "w");
+    if (!f) abort();
+    fprintf(f, "%lx %zx jit_leaker\n", (unsigned long)(mem + 64), sizeof(code));
+    fclose(f);
+    return (jit_fn)(void *)(mem + 64);
+}
+
 int main(void)
 {
     char line[128];
@@ -124,6 +149,17 @@ int main(void)
                 leaked += args[i].leaked;
             }
             printf("done leaked=%zu allocs=%ld\n", leaked, 4 * n);
+        } else if (sscanf(line, "jit %ld", &n) == 1) {
+            static jit_fn fn;
+            if (!fn) fn = make_jit_leaker();
+            size_t total = 0;
+            for (long i = 0; i < n; i++) {
+                struct entry *e = fn(1000);
+                e->next = cache_head;
+                cache_head = e;
+                total += 1000;
+            }
+            printf("jit=%zu\n", total);
         } else if (strncmp(line, "quit", 4) == 0) {
             return 0;
         }
