@@ -223,6 +223,8 @@ def test_private_mount_namespace_binary_resolves(bpf_available, tmp_path):
         result, replies = profile_while(target, [f"go {EXACT_ROUNDS}"], mode="exact")
         check_leak(result, truth(replies[0], "leaked"), exact=True)
         assert result.sites[0].frames[0] == "leaky_cache_insert (app)"
+        sampled, replies = profile_while(target, [f"go {SAMPLED_ROUNDS}"], mode="sampled")
+        check_leak(sampled, truth(replies[0], "leaked"), exact=False)
     finally:
         target.stop()
 
@@ -297,7 +299,7 @@ def _text_bytes_at_probes(pid: int) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
-def test_sigkill_of_profiler_leaves_no_probe_and_target_runs_on(bpf_available, nativewatch_cli, tmp_path):
+def test_sigkill_of_profiler_leaves_no_probe_and_target_runs_on(bpf_available, tmp_path):
     target = start(leaky())
     state_dir = tmp_path / "state"
     env = {**os.environ, "NATIVEWATCH_STATE_DIR": str(state_dir)}
@@ -353,7 +355,7 @@ def _go_pprof_totals(path: Path) -> dict[str, int]:
     return totals
 
 
-def test_pprof_loads_in_go_pprof_and_totals_match_json(bpf_available, tmp_path, nativewatch_cli):
+def test_pprof_loads_in_go_pprof_and_totals_match_json(bpf_available, tmp_path):
     if not subprocess.run(["sh", "-c", "command -v go"], capture_output=True).stdout:
         pytest.fail("go missing (golang-go): run scripts/setup.sh")
     target = start(leaky())
