@@ -413,3 +413,12 @@ def test_cli_profile_json_contract_and_diff(bpf_available, nativewatch_cli, tmp_
         assert top["delta_outstanding_bytes"] == outs[1][1] - outs[0][1]
     finally:
         target.stop()
+
+
+def test_profile_of_a_vanished_pid_raises_process_gone(bpf_available):
+    from nativewatch.errors import ProcessGone
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    with pytest.raises(ProcessGone):
+        run_profile(proc.pid, 1.0, mode="exact")

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from nativewatch.errors import ProcessGone
+from nativewatch.errors import ProcessGone, SourceUnavailable
 from nativewatch.malloc_profile import probes
 from nativewatch.malloc_profile.resolve import resolve
 from nativewatch.malloc_profile.result import ProfileResult, Site, sort_sites
@@ -91,8 +91,14 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
                      allocator_symbols=plan.allocator_symbols)
     col = _Collector(loaded, sym)
     exited = False
+    state_problem: list[str] = []
     try:
-        probes.attach(loaded, plan)
+        try:
+            probes.attach(loaded, plan)
+        except SourceUnavailable:
+            if not _alive(pid, proc_root):
+                raise ProcessGone(pid, "exited before the probes were attached") from None
+            raise
         t0 = time.monotonic()
         wall0 = time.time()
         if on_attached is not None:
@@ -117,8 +123,13 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
                 exited = True
                 break
             current = col.sites(probes.read_sites(loaded), None, time.monotonic_ns())
-            write_state(pid, [s.to_json() for s in current[:top_n_state]], started=wall0, mode=mode,
-                        interval_bytes=interval_bytes if mode == "sampled" else 0, directory=state_directory)
+            try:
+                write_state(pid, [s.to_json() for s in current[:top_n_state]], started=wall0, mode=mode,
+                            interval_bytes=interval_bytes if mode == "sampled" else 0,
+                            directory=state_directory)
+            except OSError as exc:  # the live view is optional; the profile itself goes on
+                if not state_problem:
+                    state_problem.append(f"live state file not written: {exc}")
         probes.detach(loaded)
         elapsed = time.monotonic() - t0
         now_ns = time.monotonic_ns()
@@ -132,7 +143,7 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
         remove_state(pid, state_directory)
     lost = {"events": counters["events_lost"], "map_full": counters["map_full"] + counters["sites_full"],
             "unmatched_frees": counters["unmatched_frees"], "stack_lost": counters["stack_lost"]}
-    problems = list(plan.problems) + sym.problems
+    problems = list(plan.problems) + sym.problems + state_problem
     if mode == "sampled":
         problems.append("unmatched_frees is only counted in exact mode (in sampled mode most frees are "
                         "of unsampled blocks)")
