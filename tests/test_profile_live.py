@@ -74,7 +74,8 @@ def start(binary: Path, *, env: dict[str, str] | None = None, argv: list[str] | 
 
 
 def profile_while(target: Target, commands: list[str], *, mode: str, interval: int = SAMPLED_INTERVAL,
-                  duration: float = 120.0, stop_after: bool = True) -> tuple[ProfileResult, list[str]]:
+                  duration: float = 120.0, stop_after: bool = True,
+                  max_allocs: int | None = None) -> tuple[ProfileResult, list[str]]:
     """Attach, then run the commands in the target, then stop the profile: returns the result and
     the target's replies (its ground truth)."""
     replies: list[str] = []
@@ -94,7 +95,7 @@ def profile_while(target: Target, commands: list[str], *, mode: str, interval: i
     t.start()
     try:
         result = run_profile(target.pid, duration, mode=mode, interval_bytes=interval, stop=stop,
-                             on_attached=attached.set)
+                             on_attached=attached.set, max_allocs=max_allocs)
     finally:
         stop.set()
         t.join(60)
@@ -422,3 +423,16 @@ def test_profile_of_a_vanished_pid_raises_process_gone(bpf_available):
     proc.wait()
     with pytest.raises(ProcessGone):
         run_profile(proc.pid, 1.0, mode="exact")
+
+
+def test_full_address_map_is_counted_not_silent(bpf_available):
+    target = start(leaky())
+    try:
+        result, replies = profile_while(target, ["go 1000"], mode="exact", max_allocs=256)
+        # 1000 retained blocks cannot fit in 256 slots: every one that did not is counted
+        assert result.lost["map_full"] >= 1000 - 256
+        top = site(result, "leaky_cache_insert")
+        assert top is not None and top.outstanding_allocations <= 256
+        assert top.allocated_allocations == 1000  # the site totals still see every call
+    finally:
+        target.stop()
