@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -194,6 +195,48 @@ class DrillScreen(Screen):
         self._set_profile_status(status)
 
 
+class SearchBox(Input):
+    """The `/` box. Enter is handled in key order, and keys that reach the box after it go back to the app.
+
+    Textual routes a key to whichever widget has focus when the *app* receives it, so a key typed right
+    after Enter (a fast typist, a multiplexer replaying keys) is already queued here when Enter closes
+    the box. Re-posting it lets the app route it to the table, in order.
+    """
+
+    def __init__(self, on_enter: Callable[[str], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._on_enter = on_enter
+        self.closed = True
+
+    def open(self, value: str) -> None:
+        self.closed = False
+        self.value = value
+        self.focus()
+
+    async def _on_key(self, event: events.Key) -> None:
+        if self.closed:
+            event.stop()
+            event.prevent_default()
+            if self.screen.focused is not self:  # never bounce a key back to ourselves
+                self.app.post_message(events.Key(event.key, event.character))
+            return
+        if event.key == "enter":
+            # Here, not through the "enter" binding: bindings run only once the key has bubbled back
+            # up to the app, after the keys typed behind it were already routed to this box.
+            event.stop()
+            event.prevent_default()
+            await self.action_submit()
+            return
+        await super()._on_key(event)
+
+    async def action_submit(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._on_enter(self.value)
+        await super().action_submit()
+
+
 class MainScreen(Screen):
     """The table. Its keys (sort, filter, search, view) only act here, not in the drill-down."""
 
@@ -222,8 +265,9 @@ class MainScreen(Screen):
         self.status = Static(" nativewatch top — scanning…", id="status")
         self.colhead = Static("", id="colhead")
         self.table = RowTable(id="table")
-        self.search_box = Input(placeholder="search name, command line, pid or container (re: for a regex)",
-                                id="search")
+        self.search_box = SearchBox(self._search_entered,
+                                    placeholder="search name, command line, pid or container (re: for a regex)",
+                                    id="search")
 
     def compose(self) -> ComposeResult:
         yield self.status
@@ -285,25 +329,28 @@ class MainScreen(Screen):
 
     def action_search(self) -> None:
         self.search_box.add_class("visible")
-        self.search_box.value = self.top.view.search
-        self.search_box.focus()
+        self.search_box.open(self.top.view.search)
+
+    def _back_to_table(self) -> None:
+        self.search_box.closed = True
+        self.search_box.remove_class("visible")
+        self.set_focus(self.table)
+
+    def _search_entered(self, value: str) -> None:
+        self.top.view.search = value
+        self._back_to_table()
+        self.show()
 
     def action_clear_search(self) -> None:
-        self.search_box.remove_class("visible")
         self.search_box.value = ""
         self.top.view.search = ""
-        self.table.focus()
+        self._back_to_table()
         self.show()
 
     def on_input_changed(self, event: Input.Changed) -> None:
-        self.top.view.search = event.value
-        self.show()
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.top.view.search = event.value
-        self.search_box.remove_class("visible")
-        self.table.focus()
-        self.show()
+        if not self.search_box.closed:  # a late Changed after Enter must not undo the search
+            self.top.view.search = event.value
+            self.show()
 
     def on_row_table_selected(self, event: RowTable.Selected) -> None:
         row = event.row

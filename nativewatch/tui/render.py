@@ -68,7 +68,9 @@ def sparkline(values: Sequence[float], width: int) -> str:
     if not vs:
         return " " * width
     lo, hi = min(vs), max(vs)
-    if hi == lo:
+    # Changes under 1% of the level are noise (a page or two of a library): drawing them full-height
+    # would make a steady process look busy.
+    if hi - lo <= abs(hi) * 0.01:
         line = _BLOCKS[0] * len(vs)
     else:
         top = len(_BLOCKS) - 1
@@ -97,15 +99,24 @@ def stacked_bar(categories: dict[str, int], total: int, width: int) -> list[Segm
 
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """Column widths for one terminal width and view (processes or containers)."""
+    """Column widths for one terminal width and view (processes or containers).
+
+    Always shown: id, name, RSS, the category bar, growth, leak. Optional columns are added in order
+    of usefulness while the bar keeps at least `MIN_BAR` cells: OOM ETA, trend, runtime, threads,
+    container. Whatever width is left goes to the bar (and the trend, up to `MAX_SPARK`).
+    """
 
     containers: bool
     width: int
     bar: int
     spark: int
+    show_eta: bool
+    show_rt: bool
+    show_thr: bool
     show_container: bool
 
     ID_W = 12
+    PID_W = 7
     NAME_W = 16
     RT_W = 7
     RSS_W = 7
@@ -114,16 +125,29 @@ class Layout:
     ETA_W = 7
     CTR_W = 12
     THR_W = 5
+    MIN_BAR = 12
+    MIN_SPARK = 8
+    MAX_SPARK = 24
 
 
 def layout_for(width: int, containers: bool) -> Layout:
-    fixed = (Layout.ID_W if containers else 7) + Layout.NAME_W + Layout.RT_W + Layout.RSS_W + Layout.GROWTH_W \
-        + Layout.LEAK_W + Layout.ETA_W + Layout.THR_W + 10  # separators
-    show_ctr = not containers and width - fixed >= Layout.CTR_W + 1 + 28
-    rest = width - fixed - (Layout.CTR_W + 1 if show_ctr else 0)
-    spark = max(0, min(16, rest // 3))
-    bar = max(4, rest - spark)
-    return Layout(containers, width, bar, spark, show_ctr)
+    ident = Layout.ID_W if containers else Layout.PID_W
+    core = ident + Layout.NAME_W + Layout.RSS_W + Layout.GROWTH_W + Layout.LEAK_W + 5  # + separators
+    rest = width - core
+    shown: dict[str, bool] = {}
+    for name, w in (("eta", Layout.ETA_W), ("spark", Layout.MIN_SPARK), ("rt", Layout.RT_W),
+                    ("thr", Layout.THR_W), ("ctr", Layout.CTR_W)):
+        ok = rest - (w + 1) >= Layout.MIN_BAR and not (name == "ctr" and containers)
+        shown[name] = ok
+        if ok:
+            rest -= w + 1
+    bar = max(4, rest)
+    spark = Layout.MIN_SPARK if shown["spark"] else 0
+    if spark and bar > 3 * Layout.MIN_BAR:
+        extra = min(Layout.MAX_SPARK - spark, (bar - 3 * Layout.MIN_BAR) // 2)
+        spark += extra
+        bar -= extra
+    return Layout(containers, width, bar, spark, shown["eta"], shown["rt"], shown["thr"], shown["ctr"])
 
 
 def _cell(text: str, width: int, right: bool = False) -> str:
@@ -132,18 +156,21 @@ def _cell(text: str, width: int, right: bool = False) -> str:
 
 
 def _titles(layout: Layout) -> list[tuple[str, str, int, bool]]:
-    """(title, sort key or "", width, right-aligned) per column."""
-    first = ("CONTAINER", "name", Layout.ID_W, False) if layout.containers else ("PID", "pid", 7, True)
-    cols = [first,
-            ("POD/RUNTIME" if layout.containers else "COMM", "name", Layout.NAME_W, False),
-            ("RT", "", Layout.RT_W, False),
-            ("RSS", "rss", Layout.RSS_W, True),
-            ("CATEGORIES", "", layout.bar, False),
-            ("GROWTH", "growth", Layout.GROWTH_W, False),
-            ("TREND", "", layout.spark, False),
-            ("LEAK", "", Layout.LEAK_W, False),
-            ("OOM IN", "", Layout.ETA_W, True),
-            ("PROCS" if layout.containers else "THR", "", Layout.THR_W, True)]
+    """(title, sort key or "", width, right-aligned) per shown column, in order."""
+    first = ("CONTAINER", "name", Layout.ID_W, False) if layout.containers else ("PID", "pid", Layout.PID_W, True)
+    cols = [first, ("POD/RUNTIME" if layout.containers else "COMM", "name", Layout.NAME_W, False)]
+    if layout.show_rt:
+        cols.append(("RT", "", Layout.RT_W, False))
+    cols += [("RSS", "rss", Layout.RSS_W, True),
+             ("CATEGORIES" if layout.bar >= 10 else "CAT", "", layout.bar, False),
+             ("GROWTH", "growth", Layout.GROWTH_W, False)]
+    if layout.spark:
+        cols.append(("TREND", "", layout.spark, False))
+    cols.append(("LEAK", "", Layout.LEAK_W, False))
+    if layout.show_eta:
+        cols.append(("OOM IN", "", Layout.ETA_W, True))
+    if layout.show_thr:
+        cols.append(("PROCS" if layout.containers else "THR", "", Layout.THR_W, True))
     if layout.show_container:
         cols.append(("CONTAINER", "", Layout.CTR_W, False))
     return cols
@@ -158,9 +185,10 @@ def header_text(layout: Layout, sort: str, reverse: bool) -> Text:
         if i:
             t.append(" ")
         label = title + (arrow if key == sort else "")
-        if sort in CATEGORIES and title == "CATEGORIES":
-            label = f"CATEGORIES by {sort}{arrow}"
-        t.append(_cell(label, w, right), _SORTED if (key == sort or label.startswith("CATEGORIES by")) else _HEAD)
+        by_category = sort in CATEGORIES and title in ("CATEGORIES", "CAT")
+        if by_category:
+            label = f"{title} by {sort}{arrow}"
+        t.append(_cell(label, w, right), _SORTED if (key == sort or by_category) else _HEAD)
     return t
 
 
@@ -185,9 +213,10 @@ def render_row(row: Row, layout: Layout) -> Strip:
     if layout.containers:
         add(row.container, Layout.ID_W)
     else:
-        add(str(row.pid), 7, right=True)
+        add(str(row.pid), Layout.PID_W, right=True)
     add(row.name, Layout.NAME_W)
-    add(row.runtime, Layout.RT_W, style=_DIM)
+    if layout.show_rt:
+        add(row.runtime, Layout.RT_W, style=_DIM)
     add(short(row.rss_bytes), Layout.RSS_W, right=True)
     segs.append(Segment(" "))
     segs.extend(stacked_bar(row.categories, row.rss_bytes, layout.bar))
@@ -197,12 +226,15 @@ def render_row(row: Row, layout: Layout) -> Strip:
             style=_LEAK if g.leak else _GROW)
     else:
         add("-", Layout.GROWTH_W, style=_DIM)
-    spark_style = CATEGORY_STYLES.get(row.top_category or "", _DIM)
-    add(sparkline(row.spark, layout.spark), layout.spark, style=spark_style)
+    if layout.spark:
+        add(sparkline(row.spark, layout.spark), layout.spark,
+            style=CATEGORY_STYLES.get(row.top_category or "", _DIM))
     add("LEAK" if row.leak else "", Layout.LEAK_W, style=_LEAK)
-    add(eta_text(row.oom_eta_s), Layout.ETA_W, right=True,
-        style=_LEAK if row.oom_eta_s is not None and row.oom_eta_s < 3600 else None)
-    add(str(row.procs if layout.containers else row.threads), Layout.THR_W, right=True)
+    if layout.show_eta:
+        add(eta_text(row.oom_eta_s), Layout.ETA_W, right=True,
+            style=_LEAK if row.oom_eta_s is not None and row.oom_eta_s < 3600 else None)
+    if layout.show_thr:
+        add(str(row.procs if layout.containers else row.threads), Layout.THR_W, right=True)
     if layout.show_container:
         add(row.container, Layout.CTR_W, style=_DIM)
     return Strip(segs).adjust_cell_length(layout.width)

@@ -1,0 +1,269 @@
+"""The live `top` UI driven by Textual's pilot against real processes (issue 4).
+
+What is on screen is read back from the compositor (the exact cells a terminal would get) and checked
+against `take_snapshot` of the same process taken at the same moment:
+- `tui_hold` mallocs a fixed amount, starts idle threads, prints READY and sleeps in pause(): after
+  READY nothing in it allocates or touches new pages, so its smaps figures are constant and the table
+  must show exactly `short()` of the snapshot's RSS, and the drill-down exactly its bytes per category;
+- `soak_leak` grows at 2 MiB/s (2.03 MiB/s resident: 65 pages per 256 KiB chunk); the growth column is
+  the floor slope of samples 0.5 s apart over a few seconds, where one chunk of quantisation per sample
+  and scheduling jitter move the slope by <10%, so it must read between 1.6 and 2.5 MiB/s.
+The scans cover every process on the machine (as `top` does); a unique marker in the test programs'
+command lines lets the search isolate them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import uuid
+from collections.abc import Callable
+
+import pytest
+from conftest import build_c
+
+from nativewatch.model import CATEGORIES
+from nativewatch.snapshot import take_snapshot
+from nativewatch.table import short
+from nativewatch.tui.app import DrillScreen, MainScreen, TopApp
+from nativewatch.tui.collect import Collector
+from nativewatch.tui.state import GrowthPolicy, ViewState
+
+MIB = 1024 * 1024
+SIZE = (170, 45)
+
+
+def _start(cmd: list[str]) -> subprocess.Popen:
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    if not line.startswith("READY"):
+        p.kill()
+        raise AssertionError(f"{cmd[0]} did not start: {line!r}")
+    return p
+
+
+@pytest.fixture
+def procs():
+    started: list[subprocess.Popen] = []
+
+    def start(cmd: list[str]) -> subprocess.Popen:
+        p = _start(cmd)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.kill()
+        p.wait()
+
+
+def screen_lines(app: TopApp) -> list[str]:
+    # The compositor's strips are what the driver writes to the terminal (private API, test-only).
+    return [s.text for s in app.screen._compositor.render_strips()]
+
+
+async def wait_for(pilot, cond: Callable[[], object], timeout_s: float = 30.0, what: str = "") -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what or cond}:\n" + "\n".join(screen_lines(pilot.app)))
+        await pilot.pause(0.1)
+
+
+async def type_search(pilot, text: str) -> None:
+    await pilot.press("slash")
+    for ch in text:
+        await pilot.press(ch)
+    await pilot.press("enter")
+    await pilot.pause(0.1)
+
+
+def table_rows(app: TopApp) -> list[list[str]]:
+    """Table lines split into cells (first cell PID or CONTAINER), up to the first blank line."""
+    lines = screen_lines(app)
+    head = next(i for i, line in enumerate(lines) if re.match(r"\s*(PID|CONTAINER)\b", line))
+    out = []
+    for line in lines[head + 1:]:
+        if not line.strip() or not re.match(r"\s*\S+\s", line):
+            break
+        out.append(line.split())
+    return out
+
+
+def parse_short(cell: str) -> float:
+    m = re.fullmatch(r"([0-9.]+)([BKMGT])", cell)
+    assert m, cell
+    return float(m.group(1)) * {"B": 1, "K": 1024, "M": MIB, "G": 1024 * MIB, "T": 1024**4}[m.group(2)]
+
+
+def make_app(**policy) -> TopApp:
+    pol = GrowthPolicy(**policy) if policy else GrowthPolicy()
+    return TopApp(Collector(policy=pol), refresh_s=0.5, view=ViewState(), profile_s=4.0)
+
+
+def test_table_and_drill_down_show_the_snapshot_numbers(procs):
+    exe = build_c("tui_hold.c", cflags=["-O1", "-pthread"])
+    marker = f"m{uuid.uuid4().hex[:10]}"
+    p = procs([str(exe), "48", "3", marker])
+
+    async def run() -> None:
+        app = make_app()
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.frame and p.pid in app.frame.breakdowns, what="first scan")
+            await type_search(pilot, marker)
+            await wait_for(pilot, lambda: [r[0] for r in table_rows(app)] == [str(p.pid)], what="search")
+            cells = table_rows(app)[0]
+            snap = take_snapshot(p.pid, with_sites=False)
+            assert cells[1] == snap.comm[:16] and cells[1].startswith("tui_hold") and cells[2] == "native"
+            assert cells[3] == short(snap.rss_bytes)  # holds still: identical to the unit's rounding
+            assert parse_short(cells[3]) >= 48 * MIB
+            assert cells[-2] == "4" and cells[-1] == "host"  # threads (3 + main), not in a container
+
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, DrillScreen)
+                           and any("CATEGORY" in ln for ln in screen_lines(app)), what="drill-down")
+            await wait_for(pilot, lambda: any(f"({snap.rss_bytes:,} B)" in ln for ln in screen_lines(app)),
+                           timeout_s=10, what="drill RSS equal to the snapshot")
+            shown: dict[str, int] = {}
+            for ln in screen_lines(app):
+                cells = [c.strip() for c in ln.split("│")]
+                if len(cells) > 2 and cells[0] in CATEGORIES:
+                    shown[cells[0]] = int(cells[1].replace(",", ""))
+            snap2 = take_snapshot(p.pid, with_sites=False)
+            assert snap2.categories == snap.categories  # it held still while the UI read it
+            assert shown == {c: snap.categories[c] for c in CATEGORIES}
+            assert shown["native"] >= 48 * MIB
+            assert sum(shown.values()) == snap.rss_bytes
+
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: isinstance(app.screen, MainScreen), what="back to the table")
+            await pilot.press("q")
+            await pilot.pause(0.2)
+            assert not app.is_running
+
+    asyncio.run(run())
+
+
+def test_sort_filter_and_growth_column(procs):
+    hold = build_c("tui_hold.c", cflags=["-O1", "-pthread"])
+    leak = build_c("soak_leak.c", cflags=["-O1"])
+    marker = f"m{uuid.uuid4().hex[:10]}"
+    small = procs([str(hold), "16", "1", marker])
+    big = procs([str(hold), "64", "1", marker])
+    leaky = procs([str(leak), "2", "256", marker])
+    ours = {small.pid, big.pid, leaky.pid}
+
+    async def run() -> None:
+        # Leak verdicts after 4 s of history instead of the agent's minutes, to keep the test short.
+        app = make_app(window_s=60, min_window_s=4)
+        async with app.run_test(size=SIZE) as pilot:
+            await type_search(pilot, marker)
+            await wait_for(pilot, lambda: {int(r[0]) for r in table_rows(app)} == ours, what="our three")
+            order = [int(r[0]) for r in table_rows(app)]
+            assert order.index(big.pid) < order.index(small.pid)  # default: RSS, largest first
+
+            for _ in range(2):  # rss -> growth -> pid
+                await pilot.press("s")
+            assert app.view.sort == "pid"
+            await pilot.pause(0.1)
+            assert [int(r[0]) for r in table_rows(app)] == sorted(ours)
+            await pilot.press("r")
+            await pilot.pause(0.1)
+            assert [int(r[0]) for r in table_rows(app)] == sorted(ours, reverse=True)
+            assert any("PID▲" in ln for ln in screen_lines(app))
+
+            await pilot.press("S")  # back to growth
+            assert app.view.sort == "growth"
+            # The leak becomes a leak once 4 s of rising floor are in its history.
+            await wait_for(pilot, lambda: any(r[0] == str(leaky.pid) and "LEAK" in r for r in table_rows(app)),
+                           timeout_s=30, what="LEAK verdict")
+            rows = table_rows(app)
+            assert int(rows[0][0]) == leaky.pid  # fastest growth first
+            row = rows[0]
+            i = len(row) - 1 - row[::-1].index("native")  # the GROWTH cell, not the RT one
+            m = re.fullmatch(r"\+([0-9.]+[BKMGT])/s", row[i + 1])
+            assert m, row
+            assert 1.6 * MIB <= parse_short(m.group(1)) <= 2.5 * MIB
+            for r in rows[1:]:
+                assert "LEAK" not in r
+
+            await pilot.press("f")  # all -> growing
+            assert app.view.filter == "growing"
+            await pilot.pause(0.1)
+            assert [int(r[0]) for r in table_rows(app)] == [leaky.pid]
+            await pilot.press("f")  # -> leaking
+            await pilot.pause(0.1)
+            assert [int(r[0]) for r in table_rows(app)] == [leaky.pid]
+            await pilot.press("f")  # -> jvm: none of ours
+            await pilot.pause(0.1)
+            assert table_rows(app) == []
+            await pilot.press("f", "f", "f")  # go, native, all
+            assert app.view.filter == "all"
+            await pilot.press("escape")  # clears the search: every process again
+            await wait_for(pilot, lambda: len(table_rows(app)) > 3, what="unfiltered")
+            await pilot.press("q")
+
+    asyncio.run(run())
+
+
+def test_container_view_sums_the_processes(procs):
+    exe = build_c("tui_hold.c", cflags=["-O1", "-pthread"])
+    procs([str(exe), "8", "0", "container-view"])
+
+    async def run() -> None:
+        app = make_app()
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.frames >= 1, what="first scan")
+            await pilot.press("c")
+            assert app.view.containers
+            await wait_for(pilot, lambda: table_rows(app) and table_rows(app)[0][0] != "PID", what="containers")
+            frame = app.frame
+            assert frame is not None
+            rows = {r[0]: r for r in table_rows(app)}
+            expected: dict[str, list[int]] = {}
+            for b in frame.breakdowns.values():
+                expected.setdefault(b.container.id[:12] if b.container else "host", []).append(b.rss_bytes)
+            assert set(rows) == set(expected)
+            for cid, cells in rows.items():
+                assert cells[-1] == str(len(expected[cid]))  # PROCS
+                rss_cell = next(c for c in cells[2:] if re.fullmatch(r"[0-9.]+[BKMGT]", c))
+                assert rss_cell == short(sum(expected[cid]))
+            await pilot.press("c")
+            assert not app.view.containers
+            await pilot.press("q")
+
+    asyncio.run(run())
+
+
+@pytest.mark.bpf
+def test_drill_down_profile_shows_the_leaking_site(procs, bpf_available):
+    leak = build_c("soak_leak.c", cflags=["-O0", "-g", "-fno-omit-frame-pointer"])
+    marker = f"m{uuid.uuid4().hex[:10]}"
+    p = procs([str(leak), "4", "256", marker])
+
+    async def run() -> None:
+        app = make_app()
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.frame and p.pid in app.frame.breakdowns, what="first scan")
+            await type_search(pilot, marker)
+            await wait_for(pilot, lambda: [r[0] for r in table_rows(app)] == [str(p.pid)], what="search")
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, DrillScreen), what="drill-down")
+            await pilot.press("p")
+            await wait_for(pilot, lambda: any("profile done" in ln or "profile failed" in ln
+                                              for ln in screen_lines(app)), timeout_s=90, what="profile end")
+            text = "\n".join(screen_lines(app))
+            assert "profile done" in text, text
+            sites = app.screen.profile_sites  # type: ignore[attr-defined]
+            assert sites, text
+            top = sites[0]
+            # 4 MiB/s for the ~4 s profile, sampled: at least a few MiB outstanding from main.
+            assert top["outstanding_bytes"] >= 4 * MIB
+            assert any("main" in f for f in top["frames"]), top
+            assert "top native allocation sites" in text
+            await pilot.press("q")
+
+    asyncio.run(run())
