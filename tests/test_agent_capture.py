@@ -51,7 +51,8 @@ def test_rising_native_floor_arms_a_time_boxed_malloc_profile(bpf_available, tmp
         doc = None
         while time.monotonic() < deadline and doc is None:
             agent.scan_once()
-            caps = [s for s in list_evidence(cfg.evidence_dir)[0] if s.kind == "auto-capture"]
+            caps = [s for s in list_evidence(cfg.evidence_dir)[0]
+                    if s.kind == "auto-capture" and s.pid == leak.pid]
             if caps:
                 doc = load_evidence(cfg.evidence_dir, caps[0].id)
             time.sleep(1)
