@@ -107,9 +107,15 @@ class RowTable(ScrollView, can_focus=True):
         if not self.rows:
             self.cursor = 0
             return
+        old, top = self.cursor, int(self.scroll_offset.y)
         self.cursor = max(0, min(len(self.rows) - 1, i))
         self._keep_cursor_visible()
-        self.refresh()
+        if int(self.scroll_offset.y) == top:
+            # Only the two rows whose highlight changed are redrawn (scrolling redraws everything).
+            self.refresh_line(old)
+            self.refresh_line(self.cursor)
+        else:
+            self.refresh()
 
     def action_move(self, delta: int) -> None:
         self._set_cursor(self.cursor + delta)
