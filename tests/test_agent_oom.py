@@ -131,6 +131,9 @@ def test_oom_kill_without_ebpf_is_found_from_the_cgroup_counter(limited_cgroup, 
         assert doc["dominant_category"] == "native"
         assert doc["top_stacks"] is None
         assert doc["cgroup"] == "/" + limited_cgroup.name
-        assert _kill_counter(agent) == 1
+        # One count per kill under these labels (others' kills on this machine may add theirs).
+        docs = [load_evidence(agent.cfg.evidence_dir, s.id) for s in list_evidence(agent.cfg.evidence_dir)[0]]
+        same = [d for d in docs if d["labels"]["container_id"] == "" and d["dominant_category"] == "native"]
+        assert _kill_counter(agent) == len(same) >= 1
     finally:
         agent.close()
