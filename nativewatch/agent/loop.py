@@ -577,7 +577,7 @@ class Agent:
                                   r.pid in self.cfg.track, r.rss_bytes)
                       for r in self._capped() if r.last is not None)
         bpf_stats: dict[str, dict[str, int]] = {}
-        for name, src in (("oom", self.oom_bpf), ("page_faults", self.faults)):
+        for name, src in (("oom_kill", self.oom_bpf), ("page_faults", self.faults)):
             if src is not None:
                 try:
                     bpf_stats[name] = src.stats()
