@@ -201,7 +201,8 @@ def command(duration: float, interval: float | None, max_growth: float, categori
 
     results = evaluate(samples, limit_bytes_per_second=max_growth, watched=watched, warmup_s=warmup)
     after = sum(1 for s in samples if s.t_s >= warmup)
-    comm = last.comm if last is not None else "?"
+    # The name comes from the target: control characters would reach the CI log or terminal.
+    comm = "".join(ch if ch.isprintable() else "?" for ch in last.comm) if last is not None else "?"
     target = " ".join(cmd) if cmd else f"pid {target_pid} ({comm})"
     report = SoakReport(
         target=target, pid=target_pid, runtime=last.runtime if last is not None else "?",

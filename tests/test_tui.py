@@ -233,6 +233,11 @@ def test_container_view_sums_the_processes(procs):
                 assert rss_cell == short(sum(expected[cid]))
             await pilot.press("c")
             assert not app.view.containers
+            # Search text is shown literally: brackets are not markup, a bad regex is not a crash.
+            await type_search(pilot, "re:[bold]x(")
+            await wait_for(pilot, lambda: any("search 're:[bold]x('" in ln for ln in screen_lines(app)),
+                           what="literal search text")
+            assert table_rows(app) == []
             await pilot.press("q")
 
     asyncio.run(run())

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rich.text import Text
 from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -26,7 +27,7 @@ from nativewatch.model import CATEGORIES, Breakdown
 from nativewatch.snapshot import take_snapshot
 from nativewatch.tui.collect import Collector, Frame
 from nativewatch.tui.drill import drill_renderable
-from nativewatch.tui.render import header_text, legend_text
+from nativewatch.tui.render import header_text, legend_text, printable
 from nativewatch.tui.state import FILTERS, SORTS, History, Row, ViewState, growth_of, select_rows
 from nativewatch.tui.table import RowTable
 
@@ -111,7 +112,7 @@ class DrillScreen(Screen):
             body = f"pid {self.pid}: {err}"
             if self.last is not None:
                 body += f"\nlast seen: {self.last.comm}, RSS {self.last.rss_bytes:,} B"
-            self.query_one("#drill-body", Static).update(body)
+            self.query_one("#drill-body", Static).update(Text(printable(body)))  # never markup
             return
         if not self._seeded:
             self._seeded = True
@@ -145,8 +146,9 @@ class DrillScreen(Screen):
         self.query_one("#drill-body", Static).update(drill_renderable(
             bd, growth, hist, span, oom_eta_s=row.oom_eta_s if row else None, sites=sites, sites_title=title,
             profile_status=self.profile_status))
-        self.query_one("#drill-title", Static).update(
-            f" nativewatch top › pid {bd.pid} ({bd.comm}) — {len(ts)} samples — esc back, p profile, q quit")
+        self.query_one("#drill-title", Static).update(Text(
+            f" nativewatch top › pid {bd.pid} ({printable(bd.comm)}) — {len(ts)} samples — esc back, p profile, "
+            "q quit"))
 
     # -- profiling ----------------------------------------------------------------------------------
 
@@ -301,7 +303,7 @@ class MainScreen(Screen):
                 parts.append("skipped " + ",".join(f"{k}={n}" for k, n in f.errors.items()))
         if top.scan_error:
             parts.append(top.scan_error)
-        self.status.update("  │  ".join(parts))
+        self.status.update(Text(printable("  │  ".join(parts)), no_wrap=True, overflow="ellipsis"))
 
     def on_resize(self) -> None:
         self.show()

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nativewatch.model import CATEGORIES, Breakdown
-from nativewatch.tui.render import CATEGORY_STYLES, compact_rate, eta_text, sparkline
+from nativewatch.tui.render import CATEGORY_STYLES, compact_rate, eta_text, printable, sparkline
 from nativewatch.tui.state import Growth
 from nativewatch.units import human_bytes
 
@@ -33,7 +33,7 @@ def _sites_table(sites: Sequence[dict[str, Any]], title: str) -> Table:
         age = s.get("oldest_age_s")
         t.add_row(human_bytes(int(s.get("outstanding_bytes", 0))), str(s.get("outstanding_allocations", "")),
                   f"{age:.0f}s" if isinstance(age, int | float) else "-",
-                  " ← ".join(frames[:6]) + (" …" if len(frames) > 6 else ""))
+                  Text(printable(" ← ".join(frames[:6])) + (" …" if len(frames) > 6 else "")))
     return t
 
 
@@ -54,7 +54,7 @@ def _nmt_table(nmt: dict[str, Any]) -> Table | None:
                          int(v.get("malloc_bytes") or 0)))
     for name, com, res, mal in sorted(rows, key=lambda r: -r[1]):
         if com or res:
-            t.add_row(name, human_bytes(com), human_bytes(res), human_bytes(mal))
+            t.add_row(Text(printable(name)), human_bytes(com), human_bytes(res), human_bytes(mal))
     return t
 
 
@@ -64,7 +64,7 @@ def drill_renderable(bd: Breakdown, growth: dict[str, Growth], history: dict[str
                      profile_status: str = "", spark_width: int = 32) -> RenderableType:
     head = Text()
     head.append(f"pid {bd.pid}  ", style="bold")
-    head.append(f"{bd.comm}  ", style="bold")
+    head.append(f"{printable(bd.comm)}  ", style="bold")
     head.append(f"runtime {bd.runtime}  threads {bd.threads}  ")
     head.append(f"RSS {human_bytes(bd.rss_bytes)} ({bd.rss_bytes:,} B)\n", style="bold")
     head.append(f"PSS {human_bytes(bd.detail.pss_bytes)}  swap {human_bytes(bd.detail.swap_bytes)}  "
@@ -73,7 +73,7 @@ def drill_renderable(bd: Breakdown, growth: dict[str, Growth], history: dict[str
     head.append(f"OOM in {eta_text(oom_eta_s)}\n")
     head.append(f"sources: {', '.join(bd.sources)}", style="dim")
     if bd.cmdline:
-        head.append(f"\n{' '.join(bd.cmdline)[:300]}", style="dim")
+        head.append(f"\n{printable(' '.join(bd.cmdline))[:300]}", style="dim")
 
     t = Table(show_edge=False, pad_edge=False, expand=False)
     t.add_column("CATEGORY")
@@ -112,5 +112,5 @@ def drill_renderable(bd: Breakdown, growth: dict[str, Growth], history: dict[str
     elif not profile_status:
         parts.append(Text("press p to profile native allocation sites for 30 s (eBPF)", style="dim"))
     for p in bd.problems[:3]:
-        parts.append(Text(f"note: {p}", style="dim"))
+        parts.append(Text(f"note: {printable(p)}", style="dim"))
     return Group(*parts)

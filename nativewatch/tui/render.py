@@ -19,7 +19,7 @@ from nativewatch.table import short
 from nativewatch.tui.state import Row
 
 __all__ = ["CATEGORY_STYLES", "Layout", "compact_rate", "eta_text", "header_text", "layout_for",
-           "legend_text", "render_row", "sparkline", "stacked_bar"]
+           "legend_text", "printable", "render_row", "sparkline", "stacked_bar"]
 
 CATEGORY_STYLES: dict[str, Style] = {
     "heap": Style(color="rgb(80,140,230)"), "metaspace": Style(color="rgb(170,110,220)"),
@@ -34,6 +34,11 @@ _LEAK = Style(color="rgb(255,80,80)", bold=True)
 _GROW = Style(color="rgb(230,200,60)")
 _HEAD = Style(bold=True)
 _SORTED = Style(bold=True, underline=True)
+
+
+def printable(text: str) -> str:
+    """Names and command lines come from the target: control characters would drive the terminal."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
 def compact_rate(bps: float) -> str:
@@ -214,7 +219,7 @@ def render_row(row: Row, layout: Layout) -> Strip:
         add(row.container, Layout.ID_W)
     else:
         add(str(row.pid), Layout.PID_W, right=True)
-    add(row.name, Layout.NAME_W)
+    add(printable(row.name), Layout.NAME_W)
     if layout.show_rt:
         add(row.runtime, Layout.RT_W, style=_DIM)
     add(short(row.rss_bytes), Layout.RSS_W, right=True)
