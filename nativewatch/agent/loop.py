@@ -306,10 +306,12 @@ class Agent:
     def _due(self, rec: _Proc, now: float) -> bool:
         if rec.kernel_thread or rec.state in ("Z", "X"):
             return False
+        if rec.last is not None and rec.last.runtime == "jvm" and "jvm" not in self.degraded:
+            # Even when tracked: an attach per scan is not cheap, and a breakdown without NMT would
+            # move bytes between categories from one scan to the next.
+            return now - rec.last_nmt_t >= self.cfg.nmt_interval_s
         if rec.pid in self.cfg.track:
             return True
-        if rec.last is not None and rec.last.runtime == "jvm":
-            return now - rec.last_nmt_t >= self.cfg.nmt_interval_s
         return now - rec.last_full_t >= self.cfg.full_interval_s
 
     def _full_pass(self, now: float, cpu0: float) -> None:
