@@ -20,7 +20,7 @@ __all__ = ["command"]
 @click.option("--interval", "interval_s", type=DURATION, help="Scan interval (cheap sources) [10s].")
 @click.option("--full-interval", "full_interval_s", type=DURATION,
               help="Full smaps attribution of a process at most this often [60s].")
-@click.option("--window", "window_s", type=DURATION, help="Growth window [15m].")
+@click.option("--window", "window_s", type=DURATION, help="Growth window [1h]; a leak verdict needs a quarter of it.")
 @click.option("--evidence-dir", type=click.Path(path_type=Path), help="Where OOM/capture evidence goes.")
 @click.option("--state-dir", type=click.Path(path_type=Path), help="History store directory.")
 @click.option("--track", type=int, multiple=True, help="Always export and fully scan this pid (repeatable).")

@@ -48,7 +48,7 @@ def test_config_file_then_overrides(tmp_path):
     assert cfg.listen == "127.0.0.1:9999"
     assert cfg.track == (1, 2)
     assert cfg.state_dir == Path("/x")
-    assert cfg.leak_window_s == cfg.window_s / 2
+    assert cfg.leak_window_s == cfg.window_s / 4
 
 
 @pytest.mark.parametrize("text,msg", [

@@ -26,9 +26,11 @@ class AgentConfig:
     full_interval_s: float = 60.0
     nmt_interval_s: float = 300.0
     scan_budget_s: float = 1.0
-    window_s: float = 900.0
-    min_leak_window_s: float | None = None  # default: half the window
-    min_leak_slope_bytes_per_second: float = 2048.0
+    # Slow leaks (a few MB per hour) only stand out of a sawtooth over a long window: an hour, with a
+    # verdict possible after a quarter of it, and a floor rising at least 1 KiB/s (3.6 MiB/hour).
+    window_s: float = 3600.0
+    min_leak_window_s: float | None = None  # default: a quarter of the window
+    min_leak_slope_bytes_per_second: float = 1024.0
     min_leak_fit: float = 0.75
     evidence_dir: Path = Path("/var/lib/nativewatch/evidence")
     state_dir: Path = Path("/var/lib/nativewatch")
@@ -55,7 +57,7 @@ class AgentConfig:
 
     @property
     def leak_window_s(self) -> float:
-        return self.min_leak_window_s if self.min_leak_window_s is not None else self.window_s / 2
+        return self.min_leak_window_s if self.min_leak_window_s is not None else self.window_s / 4
 
     def validate(self) -> AgentConfig:
         host, _port = parse_listen(self.listen)
