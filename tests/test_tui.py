@@ -19,9 +19,10 @@ import re
 import subprocess
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from conftest import build_c
+from conftest import ROOT, build_c
 
 from nativewatch.model import CATEGORIES
 from nativewatch.snapshot import take_snapshot
@@ -29,6 +30,7 @@ from nativewatch.table import short
 from nativewatch.tui.app import DrillScreen, MainScreen, TopApp
 from nativewatch.tui.collect import Collector
 from nativewatch.tui.state import GrowthPolicy, ViewState
+from nativewatch.units import human_bytes
 
 MIB = 1024 * 1024
 SIZE = (170, 45)
@@ -269,6 +271,53 @@ def test_drill_down_profile_shows_the_leaking_site(procs, bpf_available):
             assert top["outstanding_bytes"] >= 4 * MIB
             assert any("main" in f for f in top["frames"]), top
             assert "top native allocation sites" in text
+            await pilot.press("q")
+
+    asyncio.run(run())
+
+
+@pytest.mark.jvm
+def test_drill_down_of_a_jvm_shows_its_nmt_figures(procs, tmp_path):
+    pytest.importorskip("nativewatch.jvm.attribute", reason="JVM support (nativewatch.jvm) not landed")
+    javac = Path("/usr/bin/javac")
+    if not javac.exists():
+        pytest.skip("Debian JDK 17 not installed (scripts/setup.sh installs it)")
+    subprocess.run([str(javac), "-d", str(tmp_path), str(ROOT / "tests" / "java" / "SoakDirectLeak.java")],
+                   check=True)
+    marker = f"m{uuid.uuid4().hex[:10]}"
+    # 0.001 MiB/s: one 256 KiB buffer every ~4 minutes, i.e. a JVM that holds still during the test.
+    p = procs(["/usr/bin/java", "-XX:NativeMemoryTracking=summary", "-Xms64m", "-Xmx64m", "-XX:+UseSerialGC",
+               "-cp", str(tmp_path), "SoakDirectLeak", "0.001", marker])
+
+    async def run() -> None:
+        app = make_app()
+        async with app.run_test(size=SIZE) as pilot:
+            await type_search(pilot, marker)
+            await wait_for(pilot, lambda: [r[0] for r in table_rows(app)] == [str(p.pid)], what="search")
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: any("Native Memory Tracking" in ln for ln in screen_lines(app)),
+                           timeout_s=30, what="NMT table")
+            drill = app.screen
+            assert isinstance(drill, DrillScreen) and drill.last is not None
+            text = screen_lines(app)
+            heap_line = next(ln for ln in text if ln.strip().startswith("Java Heap"))
+            # -Xms = -Xmx = 64m: NMT's committed Java heap is exactly 64 MiB.
+            assert heap_line.split("│")[1].strip() == "64.0 MiB", heap_line
+            nmt = drill.last.nmt
+            assert nmt is not None
+            shown = {ln.split("│")[0].strip(): ln.split("│")[1].strip() for ln in text if ln.count("│") == 3}
+            for name, v in nmt["categories"].items():
+                if v["committed_bytes"] or v["reserved_bytes"]:
+                    assert shown.get(name) == human_bytes(v["committed_bytes"]), (name, shown)
+            assert any(s.startswith("nmt") for s in drill.last.sources)
+            cats = {}
+            for ln in text:
+                cells = [c.strip() for c in ln.split("│")]
+                if len(cells) > 2 and cells[0] in CATEGORIES:
+                    cats[cells[0]] = int(cells[1].replace(",", ""))
+            assert cats == {c: drill.last.categories[c] for c in CATEGORIES}
+            assert sum(cats.values()) == drill.last.rss_bytes
+            assert cats["heap"] > 0 and cats["metaspace"] > 0 and cats["code"] > 0
             await pilot.press("q")
 
     asyncio.run(run())
