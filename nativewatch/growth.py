@@ -21,11 +21,17 @@ never given back, i.e. the level the series never returns *below* afterwards. So
 5. **Fit (goodness).** The fraction of consecutive floor points that *strictly rise*. A steady leak rises
    in every bucket (fit ≈ 1). A sawtooth, a plateau, or a single step rises in few buckets (a step: one
    rise out of B-1). Stationary noise only rises at its "records from the right" (about ``ln(B)/B``).
+6. **Two resolutions.** Steps 2-5 run with ``B`` and with ``2B/3`` buckets (12 and 8 by default) and the
+   better fit wins (the finer one on a tie): a leak under teeth longer than a fine bucket still rises in
+   every coarse bucket. Coarser still would let noise through: with 8 buckets, iid noise of up to 8 MiB
+   around a flat level gave no verdict in 2000 simulated hours (1 sample/min, agent defaults); with 6
+   buckets it gave 1.8%.
 
 A leak verdict needs all of: enough samples, a long enough window, a slope above a threshold and a fit
 above a threshold. The floor only rises, so a *shrinking* series reads as slope 0, not negative.
-Limits: a tooth as long as the window cannot be told from growth (use a longer window), and a leak that
-grows in bursts rarer than one per bucket reads as a lower fit.
+Limits: teeth longer than about a coarse bucket (window/8) lower the fit, a tooth as long as the window
+cannot be told from growth (use a longer window), and a leak that grows in bursts rarer than one per
+bucket reads as a lower fit.
 """
 
 from __future__ import annotations
@@ -120,7 +126,17 @@ def fit_floor(times: Sequence[float], values: Sequence[float], *, window_s: floa
     span = ts[-1] - ts[0]
     if n < MIN_SAMPLES or span <= 0:
         return FloorFit(0.0, span, n, 0.0, min(vs), 0)
-    minima = _buckets_minima(ts, vs, max(3, min(max_buckets, n // 2)))
+    best: FloorFit | None = None
+    for buckets in dict.fromkeys((max_buckets, (2 * max_buckets) // 3)):
+        cand = _fit_with(ts, vs, max(3, min(buckets, n // 2)))
+        if best is None or cand.fit > best.fit:
+            best = cand
+    assert best is not None
+    return best
+
+
+def _fit_with(ts: list[float], vs: list[float], nbuckets: int) -> FloorFit:
+    minima = _buckets_minima(ts, vs, nbuckets)
     floor: list[tuple[float, float]] = []
     lowest = math.inf
     for t, v in reversed(minima):
@@ -132,7 +148,7 @@ def fit_floor(times: Sequence[float], values: Sequence[float], *, window_s: floa
     intercept = median(v + slope * (t_end - t) for t, v in floor)
     rises = sum(1 for (_, a), (_, b) in pairwise(floor) if b > a)
     fit = rises / (len(floor) - 1) if len(floor) > 1 else 0.0
-    return FloorFit(slope, span, n, fit, intercept, len(floor))
+    return FloorFit(slope, ts[-1] - ts[0], len(ts), fit, intercept, len(floor))
 
 
 def leak_verdict(fit: FloorFit, *, min_slope_bytes_per_second: float, min_window_s: float,
