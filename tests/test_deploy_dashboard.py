@@ -54,7 +54,9 @@ def panels() -> list[dict]:
 
 
 def queries() -> list[tuple[str, str]]:
-    return [(p["title"], t["expr"]) for p in panels() for t in p["targets"]]
+    """Panel queries, then annotation queries (the OOM kill markers)."""
+    return ([(p["title"], t["expr"]) for p in panels() for t in p["targets"]]
+            + [(f"annotation: {a['name']}", a["expr"]) for a in dashboard()["annotations"]["list"]])
 
 
 def substitute(expr: str, values: dict[str, str]) -> str:
