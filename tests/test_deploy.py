@@ -319,6 +319,7 @@ def test_scheduling_overlay_narrows_where_the_agent_runs():
     assert {"operator": "Exists"} not in spec["tolerations"]
     res = agent_container(render("overlays/scheduling"))["resources"]
     assert res["limits"]["memory"] == "768Mi" and res["requests"]["cpu"] == "100m"
+    assert spec["priorityClassName"] == "system-node-critical"
     base = pod_spec(render("base"))
     assert base["tolerations"] == [{"operator": "Exists"}] and "nodeSelector" not in base
 
