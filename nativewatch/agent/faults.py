@@ -82,7 +82,7 @@ class PageFaultSampler:
         self.bpf = load_bpf("page_faults.c", self.defines)
         self.symbols = _BccSymbols()
         self.per_pid: dict[int, Counter[tuple[str, ...]]] = {}
-        self._stats_seen = [0, 0, 0]
+        self.skipped_samples = 0  # samples of processes not worth a symbol cache (see collect)
 
     def source(self) -> str:
         return bpf_source("page_faults.c", self.defines)
@@ -92,18 +92,28 @@ class PageFaultSampler:
         vals = [int(table[ctypes.c_int(i)].value) for i in range(3)]
         return {"sampled": vals[0], "map_full": vals[1], "stack_lost": vals[2]}
 
-    def collect(self, keep: set[int]) -> None:
+    def collect(self, keep: set[int], interesting: set[int] | frozenset[int] = frozenset(),
+                min_samples: int = 8) -> None:
         """Move kernel counts into per-pid symbolized stacks; drop every pid not in `keep`.
 
         `keep` holds live pids and recently vanished ones: a symbol cache made while a process was
-        alive still resolves after it died, which is what an OOM post-mortem needs."""
+        alive still resolves after it died, which is what an OOM post-mortem needs. Symbolizing costs
+        a symbol cache per process, so only pids already followed, pids in `interesting` (the ones the
+        agent exports) and pids with at least `min_samples` new samples (growing fast) are kept; the
+        rest is counted in `skipped_samples`."""
         counts = self.bpf["fault_counts"]
         stacks = self.bpf["fault_stacks"]
         items = [(k.tgid, k.stack_id, int(v.value)) for k, v in counts.items()]
         counts.clear()
+        per_tgid: Counter[int] = Counter()
+        for tgid, _sid, n in items:
+            per_tgid[tgid] += n
         resolved: dict[int, tuple[int, ...]] = {}
         for tgid, stack_id, n in items:
             if tgid not in keep:
+                continue
+            if tgid not in self.per_pid and tgid not in interesting and per_tgid[tgid] < min_samples:
+                self.skipped_samples += n
                 continue
             frames: tuple[str, ...]
             if stack_id < 0:

@@ -274,7 +274,8 @@ class Agent:
         kills = self._poll_oom(now)
         if self.faults is not None:
             try:
-                self.faults.collect(set(self.procs) | {p.pid for p in self.dead.values()})
+                interesting = {r.pid for r in self._capped()} | set(self.cfg.track)
+                self.faults.collect(set(self.procs) | {p.pid for p in self.dead.values()}, interesting)
             except Exception:  # noqa: BLE001 - a map read failure costs only this scan's stacks
                 log.exception("page-fault stacks")
                 self.errors["bpf-page-faults"] += 1
