@@ -11,8 +11,20 @@ __all__ = ["Check", "run_checks", "OK", "DEGRADED", "MISSING"]
 
 OK, DEGRADED, MISSING = "ok", "degraded", "missing"
 
+# What the agent needs, each for one job (deploy/ says the same beside the DaemonSet's list).
 _CAPS = {"CAP_DAC_READ_SEARCH": 2, "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SYS_PTRACE": 19,
-         "CAP_SYS_ADMIN": 21, "CAP_SYS_RESOURCE": 24, "CAP_PERFMON": 38, "CAP_BPF": 39}
+         "CAP_PERFMON": 38, "CAP_BPF": 39, "CAP_CHECKPOINT_RESTORE": 40}
+_CAP_SYS_ADMIN = 21
+_CAP_WHY = {
+    "CAP_DAC_READ_SEARCH": "read other users' /proc/PID/map_files and task/TID/syscall",
+    "CAP_KILL": "send SIGQUIT to a verified JVM to start its attach listener",
+    "CAP_SETGID": "connect to a JVM's attach socket with the JVM's own group",
+    "CAP_SETUID": "connect to a JVM's attach socket with the JVM's own user",
+    "CAP_SYS_PTRACE": "read other processes' smaps, mem and pagemap",
+    "CAP_PERFMON": "attach uprobes and tracepoints",
+    "CAP_BPF": "load eBPF programs and maps",
+    "CAP_CHECKPOINT_RESTORE": "follow /proc/PID/map_files links to a container's binaries",
+}
 _BPF_MAP_CREATE = 0
 _NR_BPF = 321  # x86_64
 
@@ -118,16 +130,16 @@ def _cap_eff() -> int:
 
 def check_capabilities() -> Check:
     eff = _cap_eff()
+    admin = bool(eff >> _CAP_SYS_ADMIN & 1)
     have = [n for n, b in _CAPS.items() if eff >> b & 1]
-    lacking = [n for n, b in _CAPS.items() if not eff >> b & 1]
-    essential = {"CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"}
-    bpf_ok = (eff >> 39 & 1 and eff >> 38 & 1) or eff >> 21 & 1
+    # CAP_SYS_ADMIN covers BPF, PERFMON and CHECKPOINT_RESTORE on kernels that split them out.
+    covered = {"CAP_BPF", "CAP_PERFMON", "CAP_CHECKPOINT_RESTORE"} if admin else set()
+    lacking = [n for n in _CAPS if n not in have and n not in covered]
     if not lacking:
-        return Check("capabilities", OK, "all of " + ", ".join(have))
+        return Check("capabilities", OK, "all needed: " + ", ".join(have + (["CAP_SYS_ADMIN"] if admin else [])))
+    essential = {"CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"}
     status = MISSING if essential & set(lacking) else DEGRADED
-    detail = f"have {', '.join(have) or 'none'}; lacking {', '.join(lacking)}"
-    if not bpf_ok:
-        detail += " (no eBPF: need CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN)"
+    detail = f"have {', '.join(have) or 'none'}; lacking " + "; ".join(f"{n} ({_CAP_WHY[n]})" for n in lacking)
     return Check("capabilities", status, detail,
                  "run as root, or grant the capabilities listed in deploy/ (each has its reason there)")
 

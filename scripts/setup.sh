@@ -13,7 +13,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 APT_PKGS=(python3 python3-venv python3-dev python3-bpfcc bpfcc-tools linux-headers-amd64
-          build-essential libelf-dev tmux
+          build-essential libelf-dev tmux openssl util-linux binutils
           libjemalloc2 google-perftools prometheus golang-go openjdk-17-jdk-headless)
 missing=()
 for p in "${APT_PKGS[@]}"; do
