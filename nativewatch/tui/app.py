@@ -57,7 +57,8 @@ class DrillScreen(Screen):
         super().__init__()
         self.pid = pid
         self.top = app_ref
-        self.history = History(max_age_s=max(900.0, app_ref.collector.policy.window_s))
+        self.history = History(max_points=app_ref.collector.history.max_points,
+                               max_age_s=app_ref.collector.history.max_age_s)
         self.last: Breakdown | None = None
         self.gone = False
         self.profile_status = ""

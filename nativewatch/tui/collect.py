@@ -54,11 +54,11 @@ def _read_limit(info: ContainerInfo) -> ContainerLimit | None:
 
 class Collector:
     def __init__(self, *, proc_root: str = "/proc", jvm: bool = False, policy: GrowthPolicy | None = None,
-                 scan: ScanFn = scan_all, pids: list[int] | None = None) -> None:
+                 scan: ScanFn = scan_all, pids: list[int] | None = None, history_points: int = 300) -> None:
         self.proc_root = proc_root
         self.jvm = jvm
         self.policy = policy or GrowthPolicy()
-        self.history = History(max_age_s=max(900.0, self.policy.window_s))
+        self.history = History(max_points=history_points, max_age_s=max(900.0, self.policy.window_s))
         self.scan = scan
         self.pids = pids
         # History is written by the scan thread and read by the drill-down on the UI thread.

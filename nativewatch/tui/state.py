@@ -8,7 +8,8 @@ leak when `leak_verdict` says so for any category.
 from __future__ import annotations
 
 import re
-from collections import deque
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -47,19 +48,24 @@ _FLAT = Growth(0.0, False, 0.0, 0.0, "flat")
 
 
 class History:
-    """Per key ("pid:123" / "ctr:<id>"): timestamps and per-category bytes, bounded in points and age."""
+    """Per key ("pid:123" / "ctr:<id>"): timestamps and per-category bytes, bounded in points and age.
 
-    def __init__(self, max_points: int = 600, max_age_s: float = 900.0) -> None:
+    Stored as machine arrays (8 bytes a value, not a Python int each): 1,000 processes x 11 series x
+    300 points is ~26 MB instead of ~100 MB. Trimming happens in chunks so appends stay O(1) amortised.
+    """
+
+    def __init__(self, max_points: int = 300, max_age_s: float = 900.0) -> None:
         self.max_points = max_points
         self.max_age_s = max_age_s
-        self._t: dict[str, deque[float]] = {}
-        self._v: dict[str, dict[str, deque[int]]] = {}
+        self._slack = max(1, max_points // 4)
+        self._t: dict[str, array[float]] = {}
+        self._v: dict[str, dict[str, array[int]]] = {}
 
     def add(self, key: str, t: float, rss: int, categories: dict[str, int]) -> None:
         ts = self._t.get(key)
         if ts is None:
-            ts = self._t[key] = deque(maxlen=self.max_points)
-            self._v[key] = {c: deque(maxlen=self.max_points) for c in ("rss", *CATEGORIES)}
+            ts = self._t[key] = array("d")
+            self._v[key] = {c: array("q") for c in ("rss", *CATEGORIES)}
         if ts and t <= ts[-1]:
             return  # same scan delivered twice
         vs = self._v[key]
@@ -67,17 +73,22 @@ class History:
         vs["rss"].append(rss)
         for c in CATEGORIES:
             vs[c].append(int(categories.get(c, 0)))
-        while ts and ts[-1] - ts[0] > self.max_age_s:
-            ts.popleft()
+        drop = len(ts) - self.max_points if len(ts) >= self.max_points + self._slack else 0
+        if ts[-1] - ts[0] > self.max_age_s:
+            drop = max(drop, bisect_left(ts, ts[-1] - self.max_age_s))
+        if drop > 0:
+            del ts[:drop]
             for d in vs.values():
-                d.popleft()
+                del d[:drop]
 
     def times(self, key: str) -> Sequence[float]:
-        return self._t.get(key, ())
+        """Timestamps of `key`; the newest `max_points` (a few more may be kept between trims)."""
+        ts = self._t.get(key)
+        return ts[-self.max_points:] if ts is not None else ()
 
     def values(self, key: str, series: str) -> Sequence[int]:
         v = self._v.get(key)
-        return v[series] if v is not None else ()
+        return v[series][-self.max_points:] if v is not None else ()
 
     def keep_only(self, keys: Iterable[str]) -> None:
         """Forget keys that vanished (exited pids, removed containers)."""
