@@ -286,9 +286,11 @@ class Agent:
         self._persist(now, containers)
         for key in [k for k, p in self.dead.items() if p.dead_at is not None
                     and now - p.dead_at > cfg.dead_grace_s]:
-            gone = self.dead.pop(key)
+            self.dead.pop(key)
             self._claimed.discard(key)
-            self.sites.pop(gone.pid, None)
+        known = set(self.procs) | {pid for pid, _ in self.dead}
+        for pid in [p for p in self.sites if p not in known]:
+            del self.sites[pid]
         self.scans += 1
         dur = time.monotonic() - wall0
         self.scan_duration_sum += dur
