@@ -289,7 +289,7 @@ class Agent:
             self.dead.pop(key)
             self._claimed.discard(key)
         known = set(self.procs) | {pid for pid, _ in self.dead}
-        for pid in [p for p in self.sites if p not in known]:
+        for pid in [p for p in list(self.sites) if p not in known]:  # list(): the capture thread adds
             del self.sites[pid]
         self.scans += 1
         dur = time.monotonic() - wall0
