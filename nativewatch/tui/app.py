@@ -108,6 +108,8 @@ class DrillScreen(Screen):
 
     def _apply(self, bd: Breakdown | None, err: str | None) -> None:
         self._busy = False
+        if not self.is_mounted:  # the user left the drill-down while this sample was being taken
+            return
         if bd is None:
             self.gone = err == "process exited"
             body = f"pid {self.pid}: {err}"
@@ -129,7 +131,7 @@ class DrillScreen(Screen):
 
     def _render_body(self) -> None:
         bd = self.last
-        if bd is None:
+        if bd is None or not self.is_mounted:
             return
         ts = self.history.times("pid")
         policy = self.top.collector.policy
