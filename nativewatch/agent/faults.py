@@ -103,8 +103,14 @@ class PageFaultSampler:
         rest is counted in `skipped_samples`."""
         counts = self.bpf["fault_counts"]
         stacks = self.bpf["fault_stacks"]
-        items = [(k.tgid, k.stack_id, int(v.value)) for k, v in counts.items()]
-        counts.clear()
+        try:
+            # One syscall that reads and deletes: a fault counted meanwhile is not lost.
+            raw = list(counts.items_lookup_and_delete_batch())
+        except Exception:  # noqa: BLE001 - kernels/bcc without batch ops
+            raw = list(counts.items())
+            counts.clear()
+        # bcc yields ctypes values from items() but plain ints from the batch call.
+        items = [(k.tgid, k.stack_id, int(getattr(v, "value", v))) for k, v in raw]
         per_tgid: Counter[int] = Counter()
         for tgid, _sid, n in items:
             per_tgid[tgid] += n
