@@ -196,6 +196,16 @@ def test_exporter_series_carry_the_view_values():
     assert reg.get_sample_value("nativewatch_agent_bpf_lost_total",
                                 {"program": "page_faults", "reason": "map_full"}) == 1
     assert reg.get_sample_value("nativewatch_scrape_source_success", {"source": "process"}) == 1
+    own = Path(f"/proc/{os.getpid()}/statm").read_text().split()
+    rss = reg.get_sample_value("nativewatch_agent_process_resident_memory_bytes")
+    assert rss == pytest.approx(int(own[1]) * os.sysconf("SC_PAGE_SIZE"), rel=0.05)
+
+
+def test_dump_bpf_prints_the_final_programs(nativewatch_cli):
+    out = nativewatch_cli("agent", "--dump-bpf")
+    assert out.returncode == 0, out.stderr
+    assert "#define SAMPLE_EVERY 64" in out.stdout and "RAW_TRACEPOINT_PROBE(page_fault_user)" in out.stdout
+    assert "TRACEPOINT_PROBE(oom, mark_victim)" in out.stdout
 
 
 def test_a_failing_source_loses_only_its_own_series():

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from nativewatch import __version__
@@ -214,4 +215,6 @@ class AgentCollector:
 def make_registry(get_view: Callable[[], AgentView], *, top_sites: int = 20) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(AgentCollector(get_view, top_sites=top_sites))
+    # The agent's own CPU, memory and fds (nativewatch_agent_process_*), so its cost is watched too.
+    ProcessCollector(namespace="nativewatch_agent", registry=reg)
     return reg
