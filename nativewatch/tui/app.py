@@ -19,6 +19,7 @@ from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
@@ -67,12 +68,19 @@ class DrillScreen(Screen):
         self._busy = False
         self._profiling = False
         self._seeded = False
+        self.title_bar = Static(f" nativewatch top › pid {pid}", id="drill-title")
+        self.body = Static("reading…", id="drill-body")
 
     def compose(self) -> ComposeResult:
-        yield Static(f" nativewatch top › pid {self.pid}", id="drill-title")
+        yield self.title_bar
         with VerticalScroll():
-            yield Static("reading…", id="drill-body")
+            yield self.body
         yield Footer()
+
+    @property
+    def _live(self) -> bool:
+        # Results from threads can arrive while the screen is being taken down (its children first).
+        return self.is_mounted and self.body.is_mounted
 
     def on_mount(self) -> None:
         self.set_interval(self.top.refresh_s, self._tick)
@@ -108,14 +116,14 @@ class DrillScreen(Screen):
 
     def _apply(self, bd: Breakdown | None, err: str | None) -> None:
         self._busy = False
-        if not self.is_mounted:  # the user left the drill-down while this sample was being taken
+        if not self._live:  # the user left the drill-down while this sample was being taken
             return
         if bd is None:
             self.gone = err == "process exited"
             body = f"pid {self.pid}: {err}"
             if self.last is not None:
                 body += f"\nlast seen: {self.last.comm}, RSS {self.last.rss_bytes:,} B"
-            self.query_one("#drill-body", Static).update(Text(printable(body)))  # never markup
+            self.body.update(Text(printable(body)))  # never markup
             return
         if not self._seeded:
             self._seeded = True
@@ -131,7 +139,7 @@ class DrillScreen(Screen):
 
     def _render_body(self) -> None:
         bd = self.last
-        if bd is None or not self.is_mounted:
+        if bd is None or not self._live:
             return
         ts = self.history.times("pid")
         policy = self.top.collector.policy
@@ -146,10 +154,10 @@ class DrillScreen(Screen):
             sites, title = self.profile_sites, "top native allocation sites (last profile)"
         else:
             sites, title = None, ""
-        self.query_one("#drill-body", Static).update(drill_renderable(
+        self.body.update(drill_renderable(
             bd, growth, hist, span, oom_eta_s=row.oom_eta_s if row else None, sites=sites, sites_title=title,
             profile_status=self.profile_status))
-        self.query_one("#drill-title", Static).update(Text(
+        self.title_bar.update(Text(
             f" nativewatch top › pid {bd.pid} ({printable(bd.comm)}) — {len(ts)} samples — esc back, p profile, "
             "q quit"))
 
@@ -395,7 +403,8 @@ class TopApp(App):
 
     def post_from_thread(self, fn: Callable[[], None]) -> None:
         """Run fn on the UI thread; silently dropped when the app has already exited."""
-        with contextlib.suppress(RuntimeError):
+        # NoMatches: the widget the result was for is being removed right now (a screen popped).
+        with contextlib.suppress(RuntimeError, NoMatches):
             self.call_from_thread(fn)
 
     # -- scanning -----------------------------------------------------------------------------------
