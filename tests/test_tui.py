@@ -189,6 +189,12 @@ def test_sort_filter_and_growth_column(procs):
             m = re.fullmatch(r"\+([0-9.]+[BKMGT])/s", row[i + 1])
             assert m, row
             assert 1.6 * MIB <= parse_short(m.group(1)) <= 2.5 * MIB
+            # The TREND sparkline of a steady leak only rises and ends at the top block.
+            trend = row[i + 2]
+            blocks = "▁▂▃▄▅▆▇█"
+            assert len(trend) >= 4 and set(trend) <= set(blocks), row
+            assert [blocks.index(ch) for ch in trend] == sorted(blocks.index(ch) for ch in trend)
+            assert trend[-1] == "█" and trend[0] != "█"
             for r in rows[1:]:
                 assert "LEAK" not in r
 
