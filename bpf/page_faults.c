@@ -5,6 +5,8 @@
 //   -DMAX_ENTRIES=N    (tgid, stack) counters (default 16384); a full map is counted in fault_stats[1]
 //   -DSTACK_ENTRIES=N  distinct stacks (default 8192); a lost stack is counted in fault_stats[2]
 //   -DSKIP_TGID=N      never sample this process (the agent itself)
+#include <linux/ptrace.h>
+
 #ifndef SAMPLE_EVERY
 #define SAMPLE_EVERY 64
 #endif
@@ -25,6 +27,10 @@ struct fault_key_t {
 
 BPF_HASH(fault_counts, struct fault_key_t, u64, MAX_ENTRIES);
 BPF_STACK_TRACE(fault_stacks, STACK_ENTRIES);
+// The word at the user stack pointer, per stack: the return address into the caller when the faulting
+// function is a frameless leaf (libc's memset/memcpy), which the frame-pointer walk skips. User space
+// decides whether to use it; keyed by stack id so it never multiplies the counters.
+BPF_HASH(ret_hints, u32, u64, STACK_ENTRIES);
 BPF_ARRAY(fault_stats, u64, 3);  // [0] sampled faults, [1] counter map full, [2] stack lost
 
 static inline void bump_stat(int idx) {
@@ -51,8 +57,17 @@ RAW_TRACEPOINT_PROBE(page_fault_user) {
     struct fault_key_t key = {};
     key.tgid = tgid;
     key.stack_id = fault_stacks.get_stackid(ctx, BPF_F_USER_STACK);
-    if (key.stack_id < 0)
+    if (key.stack_id < 0) {
         bump_stat(2);
+    } else {
+        struct pt_regs *regs = (struct pt_regs *)ctx->args[1];
+        u64 sp = 0, ret = 0;
+        bpf_probe_read_kernel(&sp, sizeof(sp), &regs->sp);
+        if (sp && bpf_probe_read_user(&ret, sizeof(ret), (void *)sp) == 0) {
+            u32 sid = key.stack_id;
+            ret_hints.update(&sid, &ret);
+        }
+    }
     u64 zero = 0;
     u64 *count = fault_counts.lookup_or_try_init(&key, &zero);
     if (!count) {

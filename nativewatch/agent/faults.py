@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 from nativewatch.agent.bpfload import bpf_source, load_bpf
 
-__all__ = ["FaultStack", "PageFaultSampler", "top_stacks"]
+__all__ = ["FaultStack", "PageFaultSampler", "top_stacks", "with_return_hint"]
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -36,6 +37,26 @@ class FaultStack:
 def top_stacks(per_stack: Counter[tuple[str, ...]], sample_every: int, n: int = 10) -> list[FaultStack]:
     return [FaultStack(frames, count * sample_every * PAGE_SIZE, count)
             for frames, count in per_stack.most_common(n)]
+
+
+# libc's string/memory routines are leaves without a frame pointer: a frame-pointer walk from inside
+# them skips their caller, which is usually the function that grows memory (memset of a new buffer).
+_FRAMELESS_LEAF = re.compile(r"^_*(?:mem|str|stp|wmem|wcs)[a-z0-9_]* \(")
+
+
+def _func(frame: str) -> str:
+    return frame.split(" (", 1)[0]
+
+
+def with_return_hint(frames: Sequence[str], hint: str | None) -> list[str]:
+    """Put back the caller a frameless libc leaf hides: `hint` is the symbolized word at the user stack
+    pointer at the fault (the return address when the leaf pushed nothing). Only for such leaves, only
+    a resolved function name, and never a duplicate of the next frame."""
+    out = list(frames)
+    if (not out or hint is None or hint.startswith("0x") or not _FRAMELESS_LEAF.match(out[0])
+            or (len(out) > 1 and _func(out[1]) == _func(hint)) or _func(hint) == _func(out[0])):
+        return out
+    return [out[0], hint, *out[1:]]
 
 
 class _BccSymbols:
@@ -114,6 +135,9 @@ class PageFaultSampler:
         per_tgid: Counter[int] = Counter()
         for tgid, _sid, n in items:
             per_tgid[tgid] += n
+        hints_map = self.bpf["ret_hints"]
+        hints = {int(k.value): int(v.value) for k, v in hints_map.items()}
+        hints_map.clear()
         resolved: dict[int, tuple[int, ...]] = {}
         for tgid, stack_id, n in items:
             if tgid not in keep:
@@ -132,7 +156,12 @@ class PageFaultSampler:
                     except KeyError:
                         addrs = resolved[stack_id] = ()
                 try:
-                    frames = tuple(self.symbols.frames(tgid, addrs)) if addrs else ("[stack lost]",)
+                    if addrs:
+                        hint = hints.get(stack_id)
+                        hint_frame = self.symbols.frames(tgid, [hint])[0] if hint else None
+                        frames = tuple(with_return_hint(self.symbols.frames(tgid, addrs), hint_frame))
+                    else:
+                        frames = ("[stack lost]",)
                 except Exception:  # noqa: BLE001 - a pid that vanished mid-symbolization
                     frames = ("[unsymbolized]",)
             per = self.per_pid.setdefault(tgid, Counter())

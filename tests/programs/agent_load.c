@@ -1,5 +1,7 @@
 /* Workloads for the agent tests (issue 6). Prints "ready" once set up, then runs until killed.
  *   agent_load leak RATE_KIB_PER_S     malloc+touch RATE KiB/s in 256 KiB blocks, never freed
+ *   agent_load leakset RATE_KIB_PER_S  the same, but the pages are written by libc's memset (a
+ *                                      frameless leaf) called from leak_memset
  *   agent_load sawtooth PEAK_MIB PERIOD_S  ramp up to PEAK MiB over PERIOD s, free everything, repeat
  *   agent_load hold MIB                malloc+touch MIB MiB once, then sleep
  * Pages are written by the noinline functions below (not memset) so a frame-pointer user stack taken
@@ -20,6 +22,11 @@ __attribute__((noinline)) void leak_grow(char *p, size_t n) {
     for (size_t i = 0; i < n; i += PAGE)
         ((volatile char *)p)[i] = (char)i;
     sink = p[0];
+}
+
+__attribute__((noinline)) void leak_memset(char *p, size_t n) {
+    memset(p, (int)(n & 0x7f) | 1, n);
+    sink = p[n - 1];
 }
 
 __attribute__((noinline)) void sawtooth_fill(char *p, size_t n) {
@@ -48,7 +55,8 @@ int main(int argc, char **argv) {
     }
     /* A fixed mmap threshold: blocks are their own mappings and go back to the kernel on free. */
     mallopt(M_MMAP_THRESHOLD, 128 * 1024);
-    if (strcmp(argv[1], "leak") == 0) {
+    int use_memset = strcmp(argv[1], "leakset") == 0;
+    if (strcmp(argv[1], "leak") == 0 || use_memset) {
         double rate = atof(argv[2]) * 1024.0; /* bytes per second */
         double start = now_s(), owed = 0;
         printf("ready\n");
@@ -60,7 +68,10 @@ int main(int argc, char **argv) {
                 char *p = malloc(BLOCK - 64); /* header + data stay within 64 pages */
                 if (!p)
                     return 3;
-                leak_grow(p, BLOCK - 64);
+                if (use_memset)
+                    leak_memset(p, BLOCK - 64);
+                else
+                    leak_grow(p, BLOCK - 64);
                 owed -= BLOCK;
             }
         }
