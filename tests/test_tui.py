@@ -327,3 +327,27 @@ def test_drill_down_of_a_jvm_shows_its_nmt_figures(procs, tmp_path):
             await pilot.press("q")
 
     asyncio.run(run())
+
+
+def test_drill_down_says_when_the_process_exits(procs):
+    exe = build_c("tui_hold.c", cflags=["-O1", "-pthread"])
+    p = procs([str(exe), "4", "0", "exits"])
+
+    async def run() -> None:
+        app = TopApp(Collector(pids=[p.pid]), refresh_s=0.3)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: [r[0] for r in table_rows(app)] == [str(p.pid)], what="row")
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: any("CATEGORY" in ln for ln in screen_lines(app)), what="drill-down")
+            rss = app.screen.last.rss_bytes  # type: ignore[attr-defined]
+            p.kill()
+            p.wait()
+            await wait_for(pilot, lambda: any(f"pid {p.pid}: process exited" in ln for ln in screen_lines(app)),
+                           what="exit notice")
+            assert any(f"RSS {rss:,} B" in ln for ln in screen_lines(app))
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: isinstance(app.screen, MainScreen) and table_rows(app) == [],
+                           what="the exited process leaves the table")
+            await pilot.press("q")
+
+    asyncio.run(run())

@@ -120,10 +120,10 @@ class DrillScreen(Screen):
             return
         if bd is None:
             self.gone = err == "process exited"
-            body = f"pid {self.pid}: {err}"
+            body = f"pid {self.pid}: {printable(err or '')}"
             if self.last is not None:
-                body += f"\nlast seen: {self.last.comm}, RSS {self.last.rss_bytes:,} B"
-            self.body.update(Text(printable(body)))  # never markup
+                body += f"\nlast seen: {printable(self.last.comm)}, RSS {self.last.rss_bytes:,} B"
+            self.body.update(Text(body))  # Text, never markup
             return
         if not self._seeded:
             self._seeded = True
