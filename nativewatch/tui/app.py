@@ -312,6 +312,8 @@ class MainScreen(Screen):
             parts.append(f"scan {f.scan_s:.2f}s every {top.refresh_s:g}s")
             if f.errors:
                 parts.append("skipped " + ",".join(f"{k}={n}" for k, n in f.errors.items()))
+        if f and not top.collector.jvm and any(r.runtime == "jvm" for r in f.processes):
+            parts.append("JVMs shown without NMT (--jvm splits heap/direct/...; Enter always does)")
         if top.scan_error:
             parts.append(top.scan_error)
         self.status.update(Text(printable("  │  ".join(parts)), no_wrap=True, overflow="ellipsis"))
