@@ -61,14 +61,20 @@ def limited_cgroup():
 
 def _run_until_killed(cg: Path, tmp_path: Path, *, bpf: bool) -> tuple[Agent, subprocess.Popen, float]:
     prog = build_c("agent_load.c", cflags=["-O1", "-fno-omit-frame-pointer"])
-    victim = subprocess.Popen([str(prog), "leak", "8192"], stdout=subprocess.PIPE, text=True,
+    # The shell waits for a line before exec'ing the leaker (same pid), so the agent, tracking that pid,
+    # has its probes loaded before the first byte leaks.
+    victim = subprocess.Popen(["/bin/sh", "-c", 'read go && exec "$0" leak 8192', str(prog)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               preexec_fn=lambda: (cg / "cgroup.procs").write_text(str(os.getpid())))
     cfg = load_config(None, interval_s=0.5, full_interval_s=0.5, window_s=30, min_leak_window_s=3,
                       track=(victim.pid,), state_dir=tmp_path / "state", evidence_dir=tmp_path / "ev",
                       bpf=bpf, auto_capture=False, page_fault_sample_every=16)
     agent = Agent(cfg)
     kills0 = _oom_kills(cg)
-    assert victim.stdout is not None and victim.stdout.readline().strip() == "ready"
+    assert victim.stdin is not None and victim.stdout is not None
+    victim.stdin.write("go\n")
+    victim.stdin.flush()
+    assert victim.stdout.readline().strip() == "ready"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         agent.scan_once()
