@@ -17,6 +17,11 @@ _DIR_OPTION = click.option("--evidence-dir", type=click.Path(path_type=Path), de
                            show_default=True, help="The agent's --evidence-dir.")
 
 
+def _safe(text: object) -> str:
+    """Names and frames come from target processes: never let them reach the terminal as control codes."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(text))
+
+
 def _mib(n: object) -> str:
     return f"{n / 1048576:.1f} MiB" if isinstance(n, int | float) else "-"
 
@@ -41,8 +46,8 @@ def ls_cmd(evidence_dir: Path, as_json: bool) -> None:
         click.echo(f"no evidence in {evidence_dir}")
     for i in items:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i.time))
-        click.echo(f"{i.id:<40} {when}  {i.kind:<12} pid={i.pid if i.pid is not None else '-':<8} "
-                   f"{i.comm:<16} dominant={i.dominant_category or '-'}")
+        click.echo(f"{_safe(i.id):<40} {when}  {_safe(i.kind):<12} pid={i.pid if i.pid is not None else '-':<8} "
+                   f"{_safe(i.comm):<16} dominant={_safe(i.dominant_category or '-')}")
     for p in problems:
         click.echo(f"unreadable: {p}", err=True)
 
@@ -64,9 +69,10 @@ def show_cmd(ev_id: str, evidence_dir: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(doc, indent=1))
         return
-    click.echo(f"{doc.get('id')}: {doc.get('kind')} of pid {doc.get('pid')} ({doc.get('comm', '')}) "
+    click.echo(f"{_safe(doc.get('id'))}: {_safe(doc.get('kind'))} of pid {_safe(doc.get('pid'))} "
+               f"({_safe(doc.get('comm', ''))}) "
                f"at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(doc.get('time', 0))))}")
-    click.echo(f"dominant category: {doc.get('dominant_category')}")
+    click.echo(f"dominant category: {_safe(doc.get('dominant_category'))}")
     bd = doc.get("last_breakdown") or {}
     if bd:
         click.echo(f"last breakdown (rss {_mib(bd.get('rss_bytes'))}):")
@@ -75,19 +81,19 @@ def show_cmd(ev_id: str, evidence_dir: Path, as_json: bool) -> None:
                 g = (doc.get("growth") or {}).get(cat) or {}
                 slope = g.get("bytes_per_second")
                 trend = f"  growing {slope / 1024:.1f} KiB/s{' LEAK' if g.get('leak') else ''}" if slope else ""
-                click.echo(f"  {cat:<10} {_mib(n):>12}{trend}")
+                click.echo(f"  {_safe(cat):<10} {_mib(n):>12}{trend}")
     for title, key, fig in (("top resident-growth stacks", "top_stacks", "bytes"),
                             ("native sites", "native_sites", "outstanding_bytes")):
         rows = doc.get(key) or []
         if rows:
             click.echo(f"{title}:")
             for s in rows[:5]:
-                click.echo(f"  {_mib(s.get(fig)):>12}  " + " <- ".join(map(str, (s.get("frames") or [])[:4])))
+                click.echo(f"  {_mib(s.get(fig)):>12}  " + " <- ".join(map(_safe, (s.get("frames") or [])[:4])))
     if (doc.get("profile") or {}).get("sites"):
         click.echo("malloc profile sites:")
         for s in doc["profile"]["sites"][:5]:
-            click.echo(f"  {_mib(s.get('outstanding_bytes')):>12}  " + " <- ".join(s.get("frames", [])[:4]))
+            click.echo(f"  {_mib(s.get('outstanding_bytes')):>12}  " + " <- ".join(map(_safe, s.get("frames", [])[:4])))
     if doc.get("pprof"):
-        click.echo(f"pprof: {doc['pprof']}")
+        click.echo(f"pprof: {_safe(doc['pprof'])}")
     for p in doc.get("problems") or []:
-        click.echo(f"problem: {p}")
+        click.echo(f"problem: {_safe(p)}")

@@ -145,6 +145,11 @@ def test_evidence_cli_lists_and_shows(tmp_path, nativewatch_cli):
     assert show.returncode == 0, show.stderr
     assert "dominant category: native" in show.stdout
     assert "leak_grow (app)" in show.stdout and "LEAK" in show.stdout
+    hostile = write_evidence(tmp_path, {**doc, "comm": "evil\x1b[2J", "top_stacks": [
+        {"frames": ["f\x1b]0;pwned\x07 (app)"], "bytes": MIB}]})
+    for args in (("ls",), ("show", hostile.stem)):
+        out = nativewatch_cli("evidence", *args, "--evidence-dir", str(tmp_path))
+        assert out.returncode == 0 and "\x1b" not in out.stdout and "\\x1b" in out.stdout, out.stdout
     missing = nativewatch_cli("evidence", "show", "oom-20000101T000000-1", "--evidence-dir", str(tmp_path))
     assert missing.returncode == 1 and "no evidence" in missing.stderr
 
