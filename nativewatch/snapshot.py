@@ -145,10 +145,12 @@ def take_snapshot(pid: int, *, proc_root: str = "/proc", jvm: bool = True, jvm_t
     sources = list(att.sources)
     problems = list(att.problems)
     nmt = None
-    if att.runtime == "jvm" and jvm:
+    if att.runtime == "jvm":
         from nativewatch.jvm.attribute import attribute_jvm
 
-        jres = attribute_jvm(pid, facts.smaps.mappings, att, proc_root=proc_root, timeout_s=jvm_timeout_s)
+        # jvm=False is passive: hsperfdata and smaps only, the JVM is never signalled.
+        jres = attribute_jvm(pid, facts.smaps.mappings, att, proc_root=proc_root, timeout_s=jvm_timeout_s,
+                             attach_jvm=jvm)
         categories = dict(jres.categories)
         sources = list(jres.sources)
         problems += list(jres.problems)

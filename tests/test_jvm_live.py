@@ -529,3 +529,21 @@ def test_stale_socket_of_a_dead_jvm_is_replaced(classes):
     finally:
         j.close()
 
+
+
+# ---- passive mode (top's default): never signal, hsperfdata only ---------------------------------------
+
+def test_passive_snapshot_of_a_jvm_never_starts_its_attach_listener(classes):
+    from nativewatch.snapshot import take_snapshot
+
+    with _jvm(17, classes, "-XX:NativeMemoryTracking=summary") as j:
+        bd = take_snapshot(j.pid, jvm=False)
+        threads = [Path(f"/proc/{j.pid}/task/{t}/comm").read_text().strip()
+                   for t in os.listdir(f"/proc/{j.pid}/task")]
+        # The attach listener thread only starts after SIGQUIT + trigger file: its absence proves that
+        # nothing was signalled (another scanner on the machine could still attach; none runs in CI).
+        assert "Attach Listener" not in threads
+        assert bd.sources == ["smaps", "hsperfdata"]
+        assert sum(bd.categories.values()) == bd.rss_bytes
+        assert bd.categories["heap"] > 0 and bd.categories["metaspace"] > 0
+        assert any("passive" in p for p in bd.problems)

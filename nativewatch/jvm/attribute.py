@@ -587,16 +587,24 @@ def refine(base: Attribution, fetch: NmtFetch, perfdata: hsperf.PerfData | None,
 
 
 def attribute_jvm(pid: int, mappings: Sequence[Mapping], base: Attribution, *, proc_root: str = "/proc",
-                  timeout_s: float = 5.0) -> JvmAttribution:
-    """Refine `base` (the native view of this JVM's smaps) with NMT / System.map / hsperfdata."""
+                  timeout_s: float = 5.0, attach_jvm: bool = True) -> JvmAttribution:
+    """Refine `base` (the native view of this JVM's smaps) with NMT / System.map / hsperfdata.
+
+    With `attach_jvm=False` the JVM is never signalled or connected to: only its hsperfdata file (a
+    passive read) and smaps are used, and `problems` says so.
+    """
     del mappings  # base.shares carries the same mappings, in address order, with their base split
     version, pd = _jdk_version(pid, proc_root)
-    try:
-        fetch = fetch_nmt(pid, proc_root, timeout_s, version)
-    except ProcessGone:
-        raise
-    except NativewatchError as exc:
-        fetch = NmtFetch(None, None, "unavailable", None, version, (f"nmt: {exc}",))
+    if not attach_jvm:
+        fetch = NmtFetch(None, None, "unavailable", None, version,
+                         ("JVM not attached (passive mode): NMT not asked; hsperfdata and smaps only",))
+    else:
+        try:
+            fetch = fetch_nmt(pid, proc_root, timeout_s, version)
+        except ProcessGone:
+            raise
+        except NativewatchError as exc:
+            fetch = NmtFetch(None, None, "unavailable", None, version, (f"nmt: {exc}",))
     pagemap = _Pagemap(pid, proc_root)
     try:
         return refine(base, fetch, pd, pagemap)
