@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from conftest import SAMPLES
+
 from nativewatch.attribute import attribute_process
 from nativewatch.procfs import parse_rollup, parse_smaps
 

@@ -13,12 +13,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import PROGRAMS, ROOT, build_c
 
 MIB = 1024 * 1024
