@@ -516,7 +516,8 @@ def test_stale_socket_of_a_dead_jvm_is_replaced(classes):
     _need(17)
     stale = ("import os, socket; s = socket.socket(socket.AF_UNIX); s.bind('/tmp/.java_pid1'); "
              "os.chown('/tmp/.java_pid1', 65534, 65534); print(os.stat('/tmp/.java_pid1').st_ino)")
-    inner = (f"mount -t tmpfs tmpfs /tmp && {sys.executable} -c \"{stale}\" && "
+    # /usr/bin/python3, not the venv's: the checkout may live under the /tmp this namespace hides.
+    inner = (f"mount -t tmpfs tmpfs /tmp && /usr/bin/python3 -c \"{stale}\" && "
              f"exec setpriv --reuid=65534 --regid=65534 --clear-groups {java_home(17)} -Xmx64m "
              f"-XX:NativeMemoryTracking=summary -cp {classes} NwDriver")
     j = Jvm(["unshare", "--pid", "--fork", "--mount", "--mount-proc", "sh", "-c", inner])

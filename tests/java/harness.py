@@ -19,6 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 JAVA_DIR = Path(__file__).resolve().parent
 BUILD_DIR = ROOT / ".cache" / "test-build"
+# Classes must stay visible to JVMs started in their own mount namespace with a private tmpfs on /tmp
+# (the checkout itself may live under /tmp, e.g. in CI), and readable by the unprivileged uid they run as.
+CLASS_DIR = Path(os.environ.get("NATIVEWATCH_TEST_CLASS_DIR", "/var/tmp/nativewatch-test-classes"))
 SOURCES = ("NwDriver.java", "DirectLeak.java", "ClassLeak.java", "ThreadLeak.java", "HeapSawtooth.java",
            "Leaf.java")
 
@@ -45,7 +48,9 @@ def compile_programs() -> Path:
     h = hashlib.sha256()
     for name in SOURCES:
         h.update((JAVA_DIR / name).read_bytes())
-    out = BUILD_DIR / f"java-{h.hexdigest()[:12]}"
+    out = CLASS_DIR / f"java-{h.hexdigest()[:12]}"
+    CLASS_DIR.mkdir(parents=True, exist_ok=True)
+    CLASS_DIR.chmod(0o755)
     if not (out / "NwDriver.class").exists():
         tmp = out.with_suffix(".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
