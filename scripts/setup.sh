@@ -12,8 +12,11 @@ if [ "$(id -u)" != 0 ]; then
     log "run as root (apt, /lib/modules links and BPF need it)"; exit 1
 fi
 
+# libc6-dbg: Debian's libc.so.6 keeps only its exported symbols; the separate debug file (found by
+# build id under /usr/lib/debug/.build-id) names its internal functions, e.g. the memset variant a
+# page-fault stack starts in, which the agent's resident-growth stacks rely on.
 APT_PKGS=(python3 python3-venv python3-dev python3-bpfcc bpfcc-tools linux-headers-amd64
-          build-essential libelf-dev tmux openssl util-linux binutils
+          build-essential libelf-dev tmux openssl util-linux binutils libc6-dbg
           libjemalloc2 google-perftools prometheus golang-go openjdk-17-jdk-headless)
 missing=()
 for p in "${APT_PKGS[@]}"; do

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 from conftest import build_c
+from elftools.elf.elffile import ELFFile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nativewatch.malloc_profile import sampling
 from nativewatch.malloc_profile.diff import delta_result, diff_profiles, load_profile
-from nativewatch.malloc_profile.elfimage import load_image
+from nativewatch.malloc_profile.elfimage import DEBUG_BUILD_ID_DIR, load_image
 from nativewatch.malloc_profile.pprof import encode_profile, read_pprof, write_pprof
 from nativewatch.malloc_profile.resolve import probe_offset, resolve
 from nativewatch.malloc_profile.result import ProfileResult, Site, sort_sites
@@ -249,6 +250,107 @@ def test_elf_image_of_libc_has_exports_and_build_id():
     assert {"malloc", "free", "mmap"} <= set(img.exports)
     assert img.symbol_at(img.exports["malloc"] + 1) in ("malloc", "__libc_malloc")
 
+
+
+def _libc_debug_file() -> Path:
+    with open(LIBC, "rb") as f:
+        bid = load_image(f, None).build_id
+    return Path(DEBUG_BUILD_ID_DIR) / bid[:2] / f"{bid[2:]}.debug"
+
+
+def _debug_functions(path: Path) -> dict[str, int]:
+    with open(path, "rb") as f:
+        symtab = ELFFile(f).get_section_by_name(".symtab")
+        return {s.name: int(s["st_value"]) for s in symtab.iter_symbols()
+                if s["st_info"]["type"] == "STT_FUNC" and s["st_value"]}
+
+
+def test_symbolizer_names_libc_internal_memset_through_the_debug_file():
+    """Debian's libc.so.6 has .dynsym only; its memset variants are named by libc6-dbg's file, found
+    by build id, whose symbols are the stripped file's virtual addresses."""
+    needs_root()
+    debug = _libc_debug_file()
+    if not debug.is_file():
+        pytest.skip(f"no separate debug file for libc ({debug}): install libc6-dbg")
+    with open(LIBC, "rb") as f:
+        assert ELFFile(f).get_section_by_name(".symtab") is None  # otherwise the test proves nothing
+    variant = "__memset_avx2_unaligned_erms"
+    vaddr = _debug_functions(debug).get(variant)
+    if vaddr is None:
+        pytest.skip(f"this libc has no {variant}")
+    with open(LIBC, "rb") as f:
+        assert load_image(f, None).symbol_at(vaddr + 4) is None  # .dynsym alone does not name it
+    with open(LIBC, "rb") as f:
+        img = load_image(f)
+    assert img.symbol_at(vaddr + 4) == variant and img.problems == ()
+    assert img.functions.get(variant) is None  # never a place for probes
+    # the same through a live process's mapping (here: this test's own libc)
+    maps = [ln.split() for ln in Path("/proc/self/maps").read_text().splitlines()]
+    base = min(int(m[0].split("-")[0], 16) for m in maps
+               if len(m) >= 6 and m[5].endswith("/libc.so.6") and int(m[2], 16) == 0)
+    sym = Symbolizer(os.getpid())
+    try:
+        assert sym.frames([base + vaddr + 4]) == [f"{variant} (libc.so.6)"]
+        assert sym.frames([base + vaddr + 4], first_is_return=True) == [f"{variant} (libc.so.6)"]
+    finally:
+        sym.close()
+
+
+@pytest.mark.parametrize("kind", ["missing", "garbage", "truncated", "other-build-id", "directory", "empty"])
+def test_missing_or_broken_debug_file_degrades_to_dynsym_names(tmp_path, kind):
+    with open(LIBC, "rb") as f:
+        plain = load_image(f, None)
+    bid = plain.build_id
+    target = tmp_path / bid[:2] / f"{bid[2:]}.debug"
+    target.parent.mkdir()
+    real = _libc_debug_file()
+    if kind == "garbage":
+        target.write_bytes(b"\x7fELF" + bytes(random.Random(1).randrange(256) for _ in range(5000)))
+    elif kind == "truncated":
+        target.write_bytes((real if real.is_file() else LIBC).read_bytes()[:70000])
+    elif kind == "other-build-id":
+        target.write_bytes(Path("/bin/true").resolve().read_bytes())
+    elif kind == "directory":
+        target.mkdir()
+    elif kind == "empty":
+        target.write_bytes(b"")
+    with open(LIBC, "rb") as f:
+        img = load_image(f, str(tmp_path))
+    assert (img.starts, img.names, img.functions, img.exports) == (
+        plain.starts, plain.names, plain.functions, plain.exports)
+    assert img.symbol_at(img.exports["malloc"]) is not None
+    assert bool(img.problems) == (kind not in ("missing",))
+    if real.is_file():
+        internal = _debug_functions(real)["__memset_avx2_unaligned_erms"]
+        assert img.symbol_at(internal + 4) is None  # left to the symbolizer's "0x<offset> (libc.so.6)"
+
+
+def test_elf_image_cache_is_bounded_and_evicts_least_recently_used(monkeypatch):
+    from collections import OrderedDict
+
+    from nativewatch.malloc_profile import elfimage
+
+    monkeypatch.setattr(elfimage, "_by_identity", OrderedDict())
+    monkeypatch.setattr(elfimage, "_by_build_id", OrderedDict())
+    monkeypatch.setattr(elfimage, "_MAX_CACHED_FILES", 2)
+
+    def image(path: str) -> object:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return elfimage.image_for_fd(fd)
+        finally:
+            os.close(fd)
+
+    libc = image(str(LIBC))
+    image("/bin/true")
+    assert image(str(LIBC)) is libc  # a hit, and now the most recently used
+    image("/bin/cat")  # evicts /bin/true, not libc
+    assert len(elfimage._by_identity) == 2 and image(str(LIBC)) is libc
+    assert set(elfimage._by_build_id) == {i.build_id for i in elfimage._by_identity.values()}
+    monkeypatch.setattr(elfimage, "_MAX_CACHED_SYMBOLS", 1)
+    image("/bin/true")
+    assert list(elfimage._by_identity.values())[-1].build_id != libc.build_id
+    assert len(elfimage._by_identity) == 1 and len(elfimage._by_build_id) <= 1
 
 def test_symbolizer_names_functions_and_trims_allocator_frames():
     needs_root()

@@ -4,22 +4,39 @@ Read with pyelftools from an already-open file object (callers open targets' fil
 /proc/PID/map_files, never by path). Images are cached by build id (or by inode identity when a file
 has none) so a library mapped by many processes is parsed once. A damaged or hostile ELF yields an
 image with fewer symbols and a problem string, never an exception.
+
+Stripped libraries (Debian's libc.so.6: .dynsym only) name few of their functions; their internal
+ones (libc's memset/memcpy variants) are in a separate debug file (libc6-dbg and the like), found here
+by build id under the host's /usr/lib/debug/.build-id/ only: never through a path taken from the
+target. A debug file is used only when its own build id and load segments match the stripped file's,
+so it is the same binary and its symbol values are the same virtual addresses. Its symbols name
+addresses (symbol_at) but are not added to `functions`/`exports`/`sizes`, which probes are placed by.
 """
 
 from __future__ import annotations
 
 import bisect
 import os
+import re
+import stat
 import threading
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 __all__ = ["ElfImage", "Segment", "load_image", "image_for_fd"]
 
 _MAX_SYMBOLS = 2_000_000
+
+# The host's debug directory (separate debug files by build id). Never a path inside a target's root.
+DEBUG_BUILD_ID_DIR = "/usr/lib/debug/.build-id"
+_MAX_DEBUG_FILE_BYTES = 2 << 30
+_BUILD_ID = re.compile(r"[0-9a-f]{4,128}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +97,9 @@ def _build_id(elf: ELFFile) -> str:
     return ""
 
 
-def load_image(f: BinaryIO) -> ElfImage:
+def load_image(f: BinaryIO, debug_dir: str | None = DEBUG_BUILD_ID_DIR) -> ElfImage:
+    """Parse one ELF. Without a .symtab, function symbols also come from the separate debug file
+    <debug_dir>/<xx>/<rest of build id>.debug when there is one (None: not looked for)."""
     problems: list[str] = []
     try:
         elf = ELFFile(f)
@@ -97,29 +116,23 @@ def load_image(f: BinaryIO) -> ElfImage:
     exports: dict[str, int] = {}
     functions: dict[str, int] = {}
     sizes: dict[str, int] = {}
+    has_symtab = False
     for secname in (".symtab", ".dynsym"):
         try:
             sec = elf.get_section_by_name(secname)
             if sec is None:
                 continue
-            for n, sym in enumerate(sec.iter_symbols()):
-                if n > _MAX_SYMBOLS:
-                    problems.append(f"{secname}: too many symbols, truncated")
-                    break
-                if sym["st_info"]["type"] not in ("STT_FUNC", "STT_GNU_IFUNC"):
-                    continue
-                value = int(sym["st_value"])
-                if value == 0 or sym["st_shndx"] == "SHN_UNDEF":
-                    continue
-                name = sym.name
-                size = int(sym["st_size"])
+            has_symtab = has_symtab or (secname == ".symtab" and isinstance(sec, SymbolTableSection))
+            for value, size, name, bind in _func_symbols(sec, secname, problems):
                 syms.append((value, value + max(size, 1), name))
                 functions.setdefault(name, value)
                 sizes.setdefault(name, size)
-                if secname == ".dynsym" and sym["st_info"]["bind"] in ("STB_GLOBAL", "STB_WEAK"):
+                if secname == ".dynsym" and bind in ("STB_GLOBAL", "STB_WEAK"):
                     exports.setdefault(name.split("@")[0], value)
         except (ELFError, OSError, ValueError, KeyError, AssertionError, UnicodeDecodeError) as exc:
             problems.append(f"{secname}: {exc}")
+    if not has_symtab and build_id and debug_dir:
+        syms.extend(_debug_symbols(build_id, segments, debug_dir, problems))
     plt: list[tuple[int, int]] = []
     try:
         for sec in elf.iter_sections():
@@ -134,9 +147,72 @@ def load_image(f: BinaryIO) -> ElfImage:
         exports=exports, functions=functions, sizes=sizes, plt_ranges=tuple(plt), problems=tuple(problems))
 
 
+def _func_symbols(sec: object, secname: str, problems: list[str]) -> Iterator[tuple[int, int, str, str]]:
+    """(value, size, name, binding) of the defined function symbols of one symbol table; at most
+    _MAX_SYMBOLS entries are read."""
+    if not isinstance(sec, SymbolTableSection):
+        return
+    for n, sym in enumerate(sec.iter_symbols()):
+        if n > _MAX_SYMBOLS:
+            problems.append(f"{secname}: too many symbols, truncated")
+            return
+        if sym["st_info"]["type"] not in ("STT_FUNC", "STT_GNU_IFUNC"):
+            continue
+        value = int(sym["st_value"])
+        if value == 0 or sym["st_shndx"] == "SHN_UNDEF":
+            continue
+        yield value, int(sym["st_size"]), sym.name, sym["st_info"]["bind"]
+
+
+def _load_layout(elf: ELFFile) -> list[tuple[int, int, bool]]:
+    return sorted((int(s["p_vaddr"]), int(s["p_memsz"]), bool(s["p_flags"] & 1))
+                  for s in elf.iter_segments() if s["p_type"] == "PT_LOAD")
+
+
+def _debug_symbols(build_id: str, segments: tuple[Segment, ...], debug_dir: str,
+                   problems: list[str]) -> list[tuple[int, int, str]]:
+    """Function symbols (start, end, name) of the separate debug file of `build_id` in the host's
+    debug directory; [] when there is none or it does not match. Never raises."""
+    if not _BUILD_ID.fullmatch(build_id):
+        return []
+    path = os.path.join(debug_dir, build_id[:2], build_id[2:] + ".debug")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return []  # no debug file installed for it: the usual case
+    out: list[tuple[int, int, str]] = []
+    try:
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_DEBUG_FILE_BYTES:
+                problems.append(f"debug file {path}: not a regular file or too large, ignored")
+                return []
+            elf = ELFFile(f)
+            if _build_id(elf) != build_id:
+                problems.append(f"debug file {path}: build id differs, ignored")
+                return []
+            want = sorted((s.vaddr, s.memsz, s.executable) for s in segments)
+            if _load_layout(elf) != want:
+                problems.append(f"debug file {path}: load segments differ, ignored")
+                return []
+            sec = elf.get_section_by_name(".symtab")
+            if sec is None:
+                return []
+            for value, size, name, _bind in _func_symbols(sec, f"{path} .symtab", problems):
+                out.append((value, value + max(size, 1), name))
+    except Exception as exc:  # noqa: BLE001 - a damaged debug file costs only its names
+        problems.append(f"debug file {path}: {exc}")
+        return []
+    return out
+
+
 _cache_lock = threading.Lock()
-_by_build_id: dict[str, ElfImage] = {}
-_by_identity: dict[tuple[int, int, int, int], ElfImage] = {}
+# Least recently used first. Bounded: a long-running agent meets every library of every process on
+# the host over time; an evicted image is re-parsed when next needed (callers keep their own reference).
+_MAX_CACHED_FILES = 1024
+_MAX_CACHED_SYMBOLS = 1_000_000
+_by_build_id: OrderedDict[str, ElfImage] = OrderedDict()
+_by_identity: OrderedDict[tuple[int, int, int, int], ElfImage] = OrderedDict()
 
 
 def image_for_fd(fd: int) -> ElfImage:
@@ -145,13 +221,31 @@ def image_for_fd(fd: int) -> ElfImage:
     ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     with _cache_lock:
         hit = _by_identity.get(ident)
+        if hit is not None:
+            _by_identity.move_to_end(ident)
     if hit is not None:
         return hit
     with os.fdopen(os.dup(fd), "rb") as f:
-        img = load_image(f)
+        img = load_image(f, DEBUG_BUILD_ID_DIR)
     with _cache_lock:
         if img.build_id:
             # same build id from another path/container: reuse the parsed tables
             img = _by_build_id.setdefault(img.build_id, img)
         _by_identity[ident] = img
+        _by_identity.move_to_end(ident)
+        _trim_cache()
     return img
+
+
+def _trim_cache() -> None:
+    """Evict least recently used files until within bounds; an image goes with its last file."""
+    held = {id(i): i for i in _by_identity.values()}
+    symbols = sum(len(i.names) for i in held.values())
+    while len(_by_identity) > 1 and (len(_by_identity) > _MAX_CACHED_FILES or symbols > _MAX_CACHED_SYMBOLS):
+        _ident, old = _by_identity.popitem(last=False)
+        if any(i is old for i in _by_identity.values()):
+            continue
+        held.pop(id(old), None)
+        symbols -= len(old.names)
+        if old.build_id and _by_build_id.get(old.build_id) is old:
+            del _by_build_id[old.build_id]
