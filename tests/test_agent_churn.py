@@ -30,7 +30,7 @@ CHURN = (f"i=0; while [ $i -lt {ROUND} ]; do sleep 0.05 & i=$((i+1)); "
 
 def _fds() -> int:
     """Descriptors a scan could leak: /proc and /sys files, sockets, pipes, BPF objects. Not the ELF
-    files bcc's symbol caches hold open for live processes (those follow the machine's other
+    files the per-pid symbolizers hold open for live processes (those follow the machine's other
     processes; that the caches of vanished pids are freed is checked directly)."""
     n = 0
     for fd in os.listdir("/proc/self/fd"):
@@ -94,7 +94,7 @@ def _assert_clean(agent: Agent, churned: set[int], errors_before: int) -> None:
 
 @pytest.mark.slow
 def test_churn_leaves_no_errors_fds_or_memory_growth(tmp_path):
-    """Without eBPF, so the agent's own malloc'd memory is not mixed with bcc's symbol tables of the
+    """Without eBPF, so the agent's own malloc'd memory is not mixed with the symbol tables of the
     machine's other (live, changing) processes."""
     agent = _agent(tmp_path, bpf=False)
     try:

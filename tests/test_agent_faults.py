@@ -9,6 +9,7 @@ process made resident meanwhile (its Rss growth, from /proc), within the samplin
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import build_c
 
-from nativewatch.agent.faults import with_return_hint
+from nativewatch.agent.faults import _Symbols, with_return_hint
+from nativewatch.malloc_profile.elfimage import load_image
 
 MIB = 1 << 20
 
@@ -66,3 +68,87 @@ def test_page_fault_stacks_name_the_function_that_calls_memset(bpf_available):
         p.kill()
         p.wait()
         sampler.close()
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_symbols_resolve_after_exit_and_close_their_files_when_forgotten():
+    """The per-pid symbolizer made while a process lives still names its frames once it has exited
+    (an OOM post-mortem symbolizes a dead process); forgetting the pid closes what it held open."""
+    if os.geteuid() != 0:
+        pytest.skip("reading /proc/PID/map_files needs root")
+    prog = build_c("agent_load.c", cflags=["-O1", "-fno-omit-frame-pointer"])
+    with open(prog, "rb") as f:
+        img = load_image(f)
+    fds0 = _open_fds()
+    symbols = _Symbols()
+    p = subprocess.Popen([str(prog), "hold", "1"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        maps = [ln.split() for ln in Path(f"/proc/{p.pid}/maps").read_text().splitlines()]
+        base = min(int(m[0].split("-")[0], 16) for m in maps if len(m) >= 6 and m[5] == str(prog))
+        leaf = base + img.functions["leak_grow"] + 4  # exact IP, then return addresses (looked up at -1)
+        ret = base + img.functions["main"] + 1
+        want = [f"leak_grow ({prog.name})", f"main ({prog.name})"]
+        assert symbols.frames(p.pid, [leaf, ret]) == want
+        # a return address one past a function's last byte belongs to that function, not the next
+        assert symbols.frames(p.pid, [base + img.functions["leak_grow"]], first_is_return=True)[0] != \
+            f"leak_grow ({prog.name})"
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+    assert symbols.frames(p.pid, [leaf, ret]) == want
+    assert symbols.frames(p.pid, [0x10])[0].startswith("0x10 ")  # outside any mapping: no crash
+    symbols.forget_all_but(set())
+    assert symbols._caches == {} and _open_fds() == fds0
+
+
+@pytest.mark.bpf
+def test_page_fault_symbolization_never_uses_bcc_symbol_caches(bpf_available, monkeypatch):
+    """Regression guard: libbcc before 0.33 (Debian 12 ships 0.26) closes a random descriptor of the
+    calling process whenever a symbol cache is made, refreshed or freed (an uninitialised fd in
+    ProcSyms::ModulePath). The sampler must symbolize without bcc: every way into bcc's symbolizer
+    fails here, and the frames must still be named."""
+    import bcc
+    from bcc.libbcc import lib
+
+    from nativewatch.agent.faults import PageFaultSampler
+
+    used: list[str] = []
+
+    def refuse(what: str):
+        def call(*_a, **_k):
+            used.append(what)
+            raise AssertionError(f"bcc symbolizer used: {what}")
+        return call
+
+    monkeypatch.setattr(bcc, "SymbolCache", refuse("SymbolCache"))
+    monkeypatch.setattr(bcc.BPF, "sym", staticmethod(refuse("BPF.sym")))
+    monkeypatch.setattr(bcc.BPF, "_sym_cache", staticmethod(refuse("BPF._sym_cache")))
+    for fn in ("bcc_symcache_new", "bcc_symcache_refresh", "bcc_free_symcache", "bcc_symcache_resolve"):
+        monkeypatch.setattr(lib, fn, refuse(fn))
+
+    prog = build_c("agent_load.c", cflags=["-O1", "-fno-omit-frame-pointer"])
+    sampler = PageFaultSampler(8)
+    p = subprocess.Popen([str(prog), "leakset", "8192"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        sampler.collect({p.pid}, {p.pid})
+        top = sampler.top(p.pid, 3)
+        assert top, sampler.stats()
+        assert top[0].frames[:3] != ("[unsymbolized]",)
+        assert top[0].frames[0].startswith(("__memset", "memset")), top[0].frames
+        assert top[0].frames[1].startswith("leak_memset "), top[0].frames
+        p.kill()
+        p.wait()
+        sampler.collect(set(), set())  # forgets the pid: its symbolizer is closed, not bcc's cache freed
+        assert sampler.symbols._caches == {}
+    finally:
+        p.kill()
+        p.wait()
+        sampler.close()
+    assert used == []

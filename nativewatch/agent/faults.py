@@ -9,15 +9,19 @@ the time an OOM post-mortem is written).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from nativewatch.agent.bpfload import bpf_source, load_bpf
+from nativewatch.errors import AccessDenied, ProcessGone
+from nativewatch.malloc_profile.symbolize import Symbolizer
 
 __all__ = ["FaultStack", "PageFaultSampler", "top_stacks", "with_return_hint"]
 
@@ -59,36 +63,51 @@ def with_return_hint(frames: Sequence[str], hint: str | None) -> list[str]:
     return [out[0], hint, *out[1:]]
 
 
-class _BccSymbols:
-    """Per-pid bcc symbol caches that are freed when the pid goes (bcc's own cache never frees)."""
+class _Symbols:
+    """Per-pid symbolizers (nativewatch's own, malloc_profile.symbolize), closed when the pid goes.
 
-    def __init__(self) -> None:
-        import bcc  # type: ignore[import-not-found]
-        from bcc.libbcc import lib  # type: ignore[import-not-found]
+    Not bcc's SymbolCache: libbcc before 0.33 closes a random descriptor of the calling process each
+    time one is made, refreshed or freed (ProcSyms::ModulePath can leave its fd uninitialised, and its
+    destructor closes it). A Symbolizer keeps the mapped files open, so a process that has died
+    meanwhile still resolves (what an OOM post-mortem needs); its mappings are re-read, at most every
+    REFRESH_S, when an address falls outside them (a library loaded since)."""
 
-        self._bcc = bcc
-        self._lib = lib
-        self._caches: dict[int, Any] = {}
+    REFRESH_S = 1.0
 
-    def frames(self, pid: int, addrs: Sequence[int]) -> list[str]:
-        cache = self._caches.get(pid)
-        if cache is None:
-            cache = self._caches[pid] = self._bcc.SymbolCache(pid)
-        out = []
-        for a in addrs:
-            name, _off, module = cache.resolve(a, True)
-            mod = os.path.basename(module.decode("utf-8", "replace")) if module else "?"
-            out.append(f"{name.decode('utf-8', 'replace')} ({mod})" if name else f"0x{a:x} ({mod})")
-        return out
+    def __init__(self, proc_root: str = "/proc", clock: Callable[[], float] = time.monotonic) -> None:
+        self.proc_root = proc_root
+        self._clock = clock
+        self._caches: dict[int, Symbolizer] = {}
+        self._refreshed: dict[int, float] = {}
+
+    def frames(self, pid: int, addrs: Sequence[int], *, first_is_return: bool = False) -> list[str]:
+        """"function (object)" per address, leaf first: the first address is an exact instruction
+        pointer unless first_is_return, the others are return addresses."""
+        sym = self._caches.get(pid)
+        now = self._clock()
+        if sym is None:
+            sym = self._caches[pid] = Symbolizer(pid, self.proc_root)
+            self._refreshed[pid] = now
+        elif now - self._refreshed.get(pid, 0.0) >= self.REFRESH_S and any(
+                not sym.is_executable(a - 1 if (i or first_is_return) and a else a)
+                for i, a in enumerate(addrs)):
+            self._refreshed[pid] = now
+            with contextlib.suppress(ProcessGone, AccessDenied, OSError):
+                sym.refresh()
+        return sym.frames(addrs, first_is_return=first_is_return)
 
     def forget(self, pid: int) -> None:
-        cache = self._caches.pop(pid, None)
-        if cache is not None:
-            self._lib.bcc_free_symcache(ctypes.c_void_p(cache.cache), pid)
+        self._refreshed.pop(pid, None)
+        sym = self._caches.pop(pid, None)
+        if sym is not None:
+            sym.close()
 
     def forget_all_but(self, alive: set[int]) -> None:
         for pid in [p for p in self._caches if p not in alive]:
             self.forget(pid)
+
+    def close(self) -> None:
+        self.forget_all_but(set())
 
 
 class PageFaultSampler:
@@ -96,12 +115,13 @@ class PageFaultSampler:
 
     MAX_STACKS_PER_PID = 64
 
-    def __init__(self, sample_every: int = 64, *, max_entries: int = 16384, stack_entries: int = 8192) -> None:
+    def __init__(self, sample_every: int = 64, *, max_entries: int = 16384, stack_entries: int = 8192,
+                 proc_root: str = "/proc") -> None:
         self.sample_every = sample_every
         self.defines = {"SAMPLE_EVERY": sample_every, "MAX_ENTRIES": max_entries,
                         "STACK_ENTRIES": stack_entries, "SKIP_TGID": os.getpid()}
         self.bpf = load_bpf("page_faults.c", self.defines)
-        self.symbols = _BccSymbols()
+        self.symbols = _Symbols(proc_root)
         self.per_pid: dict[int, Counter[tuple[str, ...]]] = {}
         self.skipped_samples = 0  # samples of processes not worth a symbol cache (see collect)
 
@@ -157,8 +177,10 @@ class PageFaultSampler:
                         addrs = resolved[stack_id] = ()
                 try:
                     if addrs:
+                        # the hint is the word at the stack pointer: a return address if anything
                         hint = hints.get(stack_id)
-                        hint_frame = self.symbols.frames(tgid, [hint])[0] if hint else None
+                        hint_frame = (self.symbols.frames(tgid, [hint], first_is_return=True)[0]
+                                      if hint else None)
                         frames = tuple(with_return_hint(self.symbols.frames(tgid, addrs), hint_frame))
                     else:
                         frames = ("[stack lost]",)
@@ -181,4 +203,5 @@ class PageFaultSampler:
         return top_stacks(self.per_pid.get(pid, Counter()), self.sample_every, n)
 
     def close(self) -> None:
+        self.symbols.close()
         self.bpf.cleanup()

@@ -168,7 +168,7 @@ class Agent:
         try:
             from nativewatch.agent.faults import PageFaultSampler
 
-            self.faults = PageFaultSampler(self.cfg.page_fault_sample_every)
+            self.faults = PageFaultSampler(self.cfg.page_fault_sample_every, proc_root=self.cfg.proc_root)
         except SourceUnavailable as exc:
             self.degraded["bpf-page-faults"] = f"{exc}; no resident-growth stacks"
 
