@@ -188,7 +188,7 @@ def _guard_heuristic_stacks(ms: Sequence[Mapping], taken: set[int]) -> set[int]:
 
 def attribute_process(mappings: Sequence[Mapping], *, is_go: bool, thread_sps: dict[int, int | None],
                       glibc_heap_check: Callable[[int], bool | None] | None = None,
-                      shmem_devs: frozenset[str] = frozenset(), is_jvm: bool = False) -> Attribution:
+                      shmem_devs: frozenset[str] = frozenset()) -> Attribution:
     ms = sorted(mappings, key=lambda m: m.start)
     problems: list[str] = []
     allocator = detect_allocator(ms, is_go)
@@ -198,7 +198,6 @@ def attribute_process(mappings: Sequence[Mapping], *, is_go: bool, thread_sps: d
     stacks, unknown = _thread_stack_indices(ms, thread_sps, heaps | go_idx)
     if unknown:
         guessed = _guard_heuristic_stacks(ms, heaps | go_idx | stacks)
-        # Only believe the guess for JVM-less processes; JVM stacks are refined by NMT anyway.
         if guessed:
             stacks |= guessed
             problems.append(f"{unknown} thread(s) running at every read: their stacks were found from "

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from nativewatch import procfs
 from nativewatch.attribute import GLIBC_HEAP_MAX, Attribution, attribute_process
 from nativewatch.cgroup import container_identity, parse_proc_cgroup
-from nativewatch.errors import AccessDenied, ProcessGone
+from nativewatch.errors import AccessDenied
 from nativewatch.gobin import is_go_exe
 from nativewatch.model import Breakdown, ContainerInfo
 
@@ -101,9 +101,6 @@ def gather_facts(pid: int, proc_root: str = "/proc") -> ProcessFacts:
     comm = procfs.read_comm(pid, proc_root)
     cmdline = procfs.read_cmdline(pid, proc_root)
     smaps = procfs.read_smaps(pid, proc_root)
-    if not smaps.mappings and status.vmrss_bytes == 0:
-        # Kernel threads and zombies: nothing mapped, nothing resident.
-        pass
     try:
         sps = procfs.thread_stack_pointers(pid, proc_root)
     except AccessDenied:
@@ -187,12 +184,4 @@ def _running_sites(pid: int) -> list[dict] | None:
     try:
         return running_top_sites(pid)
     except OSError:
-        return None
-
-
-def snapshot_or_none(pid: int, **kwargs) -> Breakdown | None:
-    """For scans: a process that exits mid-read is skipped quietly."""
-    try:
-        return take_snapshot(pid, **kwargs)
-    except ProcessGone:
         return None

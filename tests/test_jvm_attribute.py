@@ -19,7 +19,7 @@ VERSIONS = (11, 17, 21, 25)
 
 def _load(version: int):
     sm = procfs.parse_smaps((SAMPLES / f"jdk{version}-proc-smaps.txt").read_bytes())
-    base = attribute_process(sm.mappings, is_go=False, thread_sps={}, is_jvm=True)
+    base = attribute_process(sm.mappings, is_go=False, thread_sps={})
     text = (SAMPLES / f"jdk{version}-detail.txt").read_text()
     report, vmap = nmt.parse_summary(text), nmt.parse_detail_regions(text)
     ver = (SAMPLES / f"jdk{version}-vm.version.txt").read_text().split("version ")[1].split()[0]
