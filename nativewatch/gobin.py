@@ -12,11 +12,14 @@ from typing import BinaryIO
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from nativewatch import cachestats
+
 __all__ = ["is_go_elf", "is_go_exe"]
 
 _BUILDINFO_MAGIC = b"\xff Go buildinf:"
 _GO_SECTIONS = (".go.buildinfo", ".gopclntab", ".note.go.buildid")
 _cache: dict[tuple[int, int, int], bool] = {}
+cachestats.register("go_executables", lambda: len(_cache))
 
 
 def is_go_elf(fh: BinaryIO) -> bool:

@@ -484,6 +484,17 @@ def _pid_alive(pid: int, proc_root: str) -> bool:
     return os.path.exists(f"{proc_root}/{pid}/stat")
 
 
+def _exited(pid: int, proc_root: str) -> bool:
+    """Gone, or a zombie / dead task (its mm released: per-mm files refuse even root with EACCES)."""
+    try:
+        with open(f"{proc_root}/{pid}/stat", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return True
+    state = raw[raw.rfind(b")") + 2:][:1]
+    return state in (b"Z", b"X", b"x")
+
+
 def wrap_exceptions(fn: Callable[P, T]) -> Callable[P, T]:
     """Translate OS errors of a per-pid read into ProcessGone / AccessDenied (psutil's pattern)."""
 
@@ -497,6 +508,9 @@ def wrap_exceptions(fn: Callable[P, T]) -> Callable[P, T]:
         try:
             return fn(*args, **kwargs)
         except PermissionError as exc:
+            # Confirmed, not assumed (psutil's zombie rule): an exiting process refuses its files.
+            if _exited(pid, proc_root):
+                raise ProcessGone(pid) from None
             raise AccessDenied(pid, str(exc.filename or "")) from None
         except (FileNotFoundError, ProcessLookupError) as exc:
             if not _pid_alive(pid, proc_root):
@@ -571,6 +585,8 @@ def thread_stack_pointers(pid: int, proc_root: str = "/proc", retries: int = 3) 
             except (FileNotFoundError, ProcessLookupError):
                 break
             except PermissionError as exc:
+                if _exited(pid, proc_root):
+                    raise ProcessGone(pid) from None
                 raise AccessDenied(pid, "task/syscall (needs CAP_SYS_PTRACE)") from exc
             except OSError:
                 break

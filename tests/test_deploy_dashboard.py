@@ -337,7 +337,7 @@ def test_every_dashboard_query_returns_data_from_a_real_agent_and_prometheus(e2e
         assert float(limit[0]["value"][1]) == leak_limit
         # The rules file loads and evaluates in a real server.
         groups = _prom(pport, "/api/v1/rules")["groups"]
-        assert {g["name"] for g in groups} == {"nativewatch.floor", "nativewatch.alerts"}
+        assert {g["name"] for g in groups} == {"nativewatch.floor", "nativewatch.alerts", "nativewatch.agent"}
         assert all(r["health"] in ("ok", "unknown") for g in groups for r in g["rules"]), groups
     finally:
         if agent is not None:

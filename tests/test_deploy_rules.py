@@ -18,6 +18,11 @@ PROMETHEUS_RULE = ROOT / "deploy" / "base" / "prometheusrule.yaml"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 EXPORTER = ROOT / "nativewatch" / "agent" / "exporter.py"
+HTTP = ROOT / "nativewatch" / "agent" / "http.py"
+# client_python's ProcessCollector, registered by make_registry with namespace "nativewatch_agent"
+PROCESS_COLLECTOR = {f"nativewatch_agent_process_{n}" for n in (
+    "virtual_memory_bytes", "resident_memory_bytes", "start_time_seconds", "cpu_seconds_total",
+    "open_fds", "max_fds")}
 # DESIGN.md's metric families: the exporter must have every one of them.
 DESIGN_METRICS = {
     "nativewatch_container_memory_bytes", "nativewatch_container_memory_growth_bytes_per_second",
@@ -31,8 +36,8 @@ DESIGN_METRICS = {
 def exported_metric_names() -> set[str]:
     """Every family the agent's exporter can emit, read from its source (counters get `_total`), so
     rules and dashboards are checked against what the agent really exposes."""
-    text = EXPORTER.read_text()
-    names = set()
+    text = EXPORTER.read_text() + HTTP.read_text()
+    names = set(PROCESS_COLLECTOR)
     for kind, name in re.findall(r'(Gauge|Counter)MetricFamily\(\s*"(nativewatch_[a-z0-9_]+)"', text):
         names.add(name + "_total" if kind == "Counter" and not name.endswith("_total") else name)
     return names

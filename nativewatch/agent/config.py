@@ -43,6 +43,11 @@ class AgentConfig:
     cgroup_root: str = "/sys/fs/cgroup"
     bpf: bool = True
     page_fault_sample_every: int = 64
+    page_fault_max_entries: int = 16384  # (pid, stack) counters in the kernel; overflow is counted
+    page_fault_stack_entries: int = 8192
+    # Evidence that could not be written (state dir read-only or full) waits in memory, retried every
+    # scan; past this many documents the oldest is dropped and counted.
+    evidence_pending_max: int = 64
     loopback_only: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -53,6 +58,9 @@ class AgentConfig:
     auto_capture_duration_s: float = 30.0
     auto_capture_cooldown_s: float = 3600.0
     dead_grace_s: float = 120.0  # how long a vanished pid's history is kept for a late OOM event
+    # At most this many vanished pids are kept meanwhile, the largest (the likeliest OOM victims):
+    # a node where thousands of short-lived processes come and go must not hold all of them.
+    dead_max: int = 256
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -71,6 +79,12 @@ class AgentConfig:
             raise ConfigError("basic_auth_user and basic_auth_password_sha256 go together")
         if self.page_fault_sample_every < 1:
             raise ConfigError("page_fault_sample_every must be >= 1")
+        if self.page_fault_max_entries < 1 or self.page_fault_stack_entries < 1:
+            raise ConfigError("page_fault_max_entries and page_fault_stack_entries must be >= 1")
+        if self.dead_max < 0:
+            raise ConfigError("dead_max must be >= 0")
+        if self.evidence_pending_max < 1:
+            raise ConfigError("evidence_pending_max must be >= 1")
         return self
 
 

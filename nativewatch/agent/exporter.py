@@ -171,6 +171,30 @@ def agent_source(view: AgentView) -> Iterator[Metric]:
     for kind, n in sorted(view.evidence_total.items()):
         ev.add_metric([kind], float(n))
     yield ev
+    yield GaugeMetricFamily("nativewatch_agent_evidence_pending",
+                            "Evidence documents kept in memory until the evidence dir is writable again",
+                            value=view.evidence_pending)
+    yield CounterMetricFamily("nativewatch_agent_evidence_dropped",
+                              "Evidence documents dropped: more were waiting than evidence_pending_max",
+                              value=view.evidence_dropped_total)
+    vanished = CounterMetricFamily("nativewatch_agent_vanished_processes",
+                                   "Processes that exited between being listed and being read (not errors)",
+                                   labels=["stage"])
+    for stage, n in sorted(view.vanished_total.items()):
+        vanished.add_metric([stage], float(n))
+    yield vanished
+    yield CounterMetricFamily("nativewatch_agent_scan_overruns", "Scans that took longer than the interval",
+                              value=view.scan_overruns_total)
+    faults = GaugeMetricFamily("nativewatch_agent_fault",
+                               "1 while a runtime fault degrades the agent (see /healthz for why)", labels=["fault"])
+    for name in sorted(view.faults):
+        faults.add_metric([name], 1.0)
+    yield faults
+    caches = GaugeMetricFamily("nativewatch_agent_cache_entries", "Entries held by each of the agent's caches",
+                               labels=["cache"])
+    for name, n in sorted(view.cache_sizes.items()):
+        caches.add_metric([name], float(n))
+    yield caches
 
 
 SOURCES: dict[str, Callable[..., Iterator[Metric]]] = {

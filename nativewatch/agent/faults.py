@@ -14,7 +14,7 @@ import ctypes
 import os
 import re
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,20 +64,25 @@ def with_return_hint(frames: Sequence[str], hint: str | None) -> list[str]:
 
 
 class _Symbols:
-    """Per-pid symbolizers (nativewatch's own, malloc_profile.symbolize), closed when the pid goes.
+    """Per-pid symbolizers (nativewatch's own, malloc_profile.symbolize), dropped when the pid goes.
 
     Not bcc's SymbolCache: libbcc before 0.33 closes a random descriptor of the calling process each
     time one is made, refreshed or freed (ProcSyms::ModulePath can leave its fd uninitialised, and its
-    destructor closes it). A Symbolizer keeps the mapped files open, so a process that has died
-    meanwhile still resolves (what an OOM post-mortem needs); its mappings are re-read, at most every
-    REFRESH_S, when an address falls outside them (a library loaded since)."""
+    destructor closes it). The symbolizers hold no descriptor (hold_files=False): a mapped file is
+    opened through map_files only to parse it, and the parsed image stays in elfimage's bounded cache
+    keyed by build id / inode identity, shared by every process that maps it. A process that has died
+    meanwhile still resolves addresses in every object parsed while it lived (what an OOM post-mortem
+    needs: its growing code was symbolized scan after scan). Mappings are re-read, at most every
+    REFRESH_S, when an address falls outside them (a library loaded since). At most MAX_PROCESSES
+    symbolizers are kept, least recently used dropped first."""
 
     REFRESH_S = 1.0
+    MAX_PROCESSES = 512
 
     def __init__(self, proc_root: str = "/proc", clock: Callable[[], float] = time.monotonic) -> None:
         self.proc_root = proc_root
         self._clock = clock
-        self._caches: dict[int, Symbolizer] = {}
+        self._caches: OrderedDict[int, Symbolizer] = OrderedDict()
         self._refreshed: dict[int, float] = {}
 
     def frames(self, pid: int, addrs: Sequence[int], *, first_is_return: bool = False) -> list[str]:
@@ -86,9 +91,13 @@ class _Symbols:
         sym = self._caches.get(pid)
         now = self._clock()
         if sym is None:
-            sym = self._caches[pid] = Symbolizer(pid, self.proc_root)
+            while len(self._caches) >= self.MAX_PROCESSES:
+                self.forget(next(iter(self._caches)))
+            sym = self._caches[pid] = Symbolizer(pid, self.proc_root, hold_files=False)
             self._refreshed[pid] = now
-        elif now - self._refreshed.get(pid, 0.0) >= self.REFRESH_S and any(
+        else:
+            self._caches.move_to_end(pid)
+        if now - self._refreshed.get(pid, 0.0) >= self.REFRESH_S and any(
                 not sym.is_executable(a - 1 if (i or first_is_return) and a else a)
                 for i, a in enumerate(addrs)):
             self._refreshed[pid] = now
@@ -105,6 +114,11 @@ class _Symbols:
     def forget_all_but(self, alive: set[int]) -> None:
         for pid in [p for p in self._caches if p not in alive]:
             self.forget(pid)
+
+    def sizes(self) -> dict[str, int]:
+        caches = list(self._caches.values())
+        return {"symbolizers": len(caches), "symbolizer_regions": sum(c.regions() for c in caches),
+                "symbolizer_open_files": sum(c.open_files() for c in caches)}
 
     def close(self) -> None:
         self.forget_all_but(set())
@@ -198,6 +212,10 @@ class PageFaultSampler:
     def forget(self, pid: int) -> None:
         self.per_pid.pop(pid, None)
         self.symbols.forget(pid)
+
+    def sizes(self) -> dict[str, int]:
+        return {"fault_stack_pids": len(self.per_pid),
+                "fault_stacks": sum(len(c) for c in self.per_pid.values()), **self.symbols.sizes()}
 
     def top(self, pid: int, n: int = 10) -> list[FaultStack]:
         return top_stacks(self.per_pid.get(pid, Counter()), self.sample_every, n)

@@ -23,12 +23,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from nativewatch import procfs
+from nativewatch import cachestats, procfs
 from nativewatch.agent.config import AgentConfig
 from nativewatch.agent.evidence import dominant_category, evidence_id, write_evidence
 from nativewatch.agent.oom import BpfOomWatcher, CgroupOomWatcher, OomEvent
 from nativewatch.agent.procstat import ProcStat, read_stat
-from nativewatch.agent.store import HistoryStore
+from nativewatch.agent.store import HistoryStore, open_store
 from nativewatch.agent.views import AgentView, ContainerLabels, ContainerView, ProcessView
 from nativewatch.cgroup import CgroupGone, CgroupMemory, read_container_memory, read_proc_cgroup
 from nativewatch.errors import AccessDenied, ProcessGone, SourceUnavailable
@@ -86,6 +86,8 @@ class _Proc:
     dead_at: float | None = None
     last_stored_t: float = 0.0
     captured_at: float = 0.0
+    attach_failures: int = 0  # consecutive JVM attaches that failed (timed out, refused)
+    attach_retry_at: float = 0.0  # until then the JVM gets the passive view: no signal, no wait
 
 
 @dataclass(slots=True)
@@ -128,6 +130,18 @@ class Agent:
         self.dead: dict[tuple[int, int], _Proc] = {}
         self.containers: dict[str, _Container] = {}
         self.errors: Counter[str] = Counter()
+        # Pids that vanished between being listed and being read: the normal race of a busy node,
+        # counted per stage, never logged as errors.
+        self.vanished: Counter[str] = Counter()
+        self.scan_overruns = 0  # scans that took longer than the interval
+        # Runtime faults (state dir unwritable, history store failing, kernel map full): what is
+        # degraded right now and why; /healthz says "degraded" while any is present.
+        self.faults_now: dict[str, str] = {}
+        self.notices: deque[str] = deque(maxlen=8)  # said once at start-up (e.g. a store moved aside)
+        # Evidence that could not be written yet: kept, retried every scan, bounded.
+        self.pending_evidence: deque[dict[str, Any]] = deque()
+        self.evidence_dropped = 0
+        self._fault_lost: dict[str, int] = {}  # last seen lost-event counters, per program
         # The latest errors with their pid, for /healthz and for telling a bad target from a bug.
         self.error_log: deque[tuple[float, str, int | None, str]] = deque(maxlen=64)
         self.degraded: dict[str, str] = {}
@@ -144,7 +158,10 @@ class Agent:
         self._stop = threading.Event()
         self.store: HistoryStore | None = None
         try:
-            self.store = HistoryStore(cfg.state_dir, retention_s=cfg.retention_s)
+            self.store, notice = open_store(cfg.state_dir, retention_s=cfg.retention_s)
+            if notice:
+                log.warning("%s", notice)
+                self.notices.append(notice)
         except Exception as exc:  # noqa: BLE001 - the agent runs without history rather than not at all
             self.degraded["store"] = f"history store unavailable: {exc}"
         self.oom_bpf: BpfOomWatcher | None = None
@@ -168,7 +185,10 @@ class Agent:
         try:
             from nativewatch.agent.faults import PageFaultSampler
 
-            self.faults = PageFaultSampler(self.cfg.page_fault_sample_every, proc_root=self.cfg.proc_root)
+            self.faults = PageFaultSampler(self.cfg.page_fault_sample_every,
+                                           max_entries=self.cfg.page_fault_max_entries,
+                                           stack_entries=self.cfg.page_fault_stack_entries,
+                                           proc_root=self.cfg.proc_root)
         except SourceUnavailable as exc:
             self.degraded["bpf-page-faults"] = f"{exc}; no resident-growth stacks"
 
@@ -238,7 +258,10 @@ class Agent:
             except Exception:  # noqa: BLE001 - a bug in one scan must not end the agent
                 log.exception("scan failed")
                 self.errors["scan"] += 1
-            stop.wait(max(0.0, self.cfg.interval_s - (time.monotonic() - t0)))
+            took = time.monotonic() - t0
+            if took > self.cfg.interval_s:
+                self.scan_overruns += 1
+            stop.wait(max(0.0, self.cfg.interval_s - took))
 
     # --- one scan --------------------------------------------------------------------------------
     def scan_once(self) -> AgentView:
@@ -251,6 +274,7 @@ class Agent:
             try:
                 st = self.sampler.stat(pid)
             except ProcessGone:
+                self.vanished["stat"] += 1
                 continue
             except (AccessDenied, OSError) as exc:
                 self._error("stat", pid, str(exc))
@@ -279,8 +303,10 @@ class Agent:
             except Exception:  # noqa: BLE001 - a map read failure costs only this scan's stacks
                 log.exception("page-fault stacks")
                 self.errors["bpf-page-faults"] += 1
+        self._check_fault_maps()
         for ev in kills:
             self._post_mortem(ev, now)
+        self._flush_evidence()
         containers = self._containers(now)
         self._auto_capture(now)
         self._persist(now, containers)
@@ -303,13 +329,21 @@ class Agent:
 
     def _bury(self, rec: _Proc, now: float) -> None:
         rec.dead_at = now
-        if rec.last is not None:
-            self.dead[(rec.pid, rec.start)] = rec
+        if rec.last is None:
+            return
+        self.dead[(rec.pid, rec.start)] = rec
+        if len(self.dead) > self.cfg.dead_max:
+            # The OOM killer picks the largest process: the smallest dead record is the least likely
+            # victim of a late kill event, and the one to let go.
+            key = min(self.dead, key=lambda k: self.dead[k].rss_bytes)
+            self.dead.pop(key)
+            self._claimed.discard(key)
 
     def _due(self, rec: _Proc, now: float) -> bool:
         if rec.kernel_thread or rec.state in ("Z", "X"):
             return False
-        if rec.last is not None and rec.last.runtime == "jvm" and "jvm" not in self.degraded:
+        if (rec.last is not None and rec.last.runtime == "jvm" and "jvm" not in self.degraded
+                and now >= rec.attach_retry_at):
             # Even when tracked: an attach per scan is not cheap, and a breakdown without NMT would
             # move bytes between categories from one scan to the next.
             return now - rec.last_nmt_t >= self.cfg.nmt_interval_s
@@ -331,7 +365,8 @@ class Agent:
                     self.deferred_total += 1
                     continue
                 untracked_done += 1
-            jvm = "jvm" not in self.degraded and (rec.last is None or rec.last.runtime == "jvm")
+            jvm = ("jvm" not in self.degraded and (rec.last is None or rec.last.runtime == "jvm")
+                   and now >= rec.attach_retry_at)
             try:
                 try:
                     bd = self.sampler.full(rec.pid, jvm=jvm)
@@ -341,6 +376,7 @@ class Agent:
                     jvm = False
                     bd = self.sampler.full(rec.pid, jvm=False)
             except ProcessGone:
+                self.vanished["attribution"] += 1
                 continue
             except AccessDenied as exc:
                 self._error("smaps", rec.pid, str(exc))
@@ -359,6 +395,7 @@ class Agent:
             rec.last, rec.last_full_t = bd, now
             if bd.runtime == "jvm" and jvm:
                 rec.last_nmt_t = now
+                self._attach_outcome(rec, bd, now)
             if rec.memcg is None:
                 try:
                     rec.memcg = self.sampler.memory_cgroup(rec.pid)
@@ -369,6 +406,20 @@ class Agent:
             rec.growth = _growth(rec.history, cfg)
             if bd.extra.get("top_sites"):
                 self.sites[rec.pid] = list(bd.extra["top_sites"])[: cfg.top_sites]
+
+    ATTACH_BACKOFF_MAX_S = 6 * 3600.0
+
+    def _attach_outcome(self, rec: _Proc, bd: Breakdown, now: float) -> None:
+        """A JVM whose attach failed (hung, refused) is not asked again for a while, doubling each
+        time: every attempt costs the scan up to the attach timeout, and a hung JVM stays hung.
+        Meanwhile it gets the passive view (hsperfdata + smaps)."""
+        if any(p.startswith("attach failed") for p in bd.problems):
+            rec.attach_failures += 1
+            base = max(self.cfg.nmt_interval_s, 60.0)
+            rec.attach_retry_at = now + min(self.ATTACH_BACKOFF_MAX_S, base * 2 ** (rec.attach_failures - 1))
+            self._error("jvm-attach", rec.pid, next(p for p in bd.problems if p.startswith("attach failed")))
+        else:
+            rec.attach_failures, rec.attach_retry_at = 0, 0.0
 
     # --- OOM ---------------------------------------------------------------------------------------
     def _poll_oom(self, now: float) -> list[OomEvent]:
@@ -449,12 +500,38 @@ class Agent:
         self._write_evidence(doc)
 
     def _write_evidence(self, doc: dict[str, Any]) -> None:
+        """Write now, or keep it for the next scan's retry (the evidence dir read-only or full)."""
+        if self.pending_evidence or not self._try_write(doc):
+            self._keep_pending(doc)
+
+    def _keep_pending(self, doc: dict[str, Any]) -> None:
+        # deque.append is atomic: the capture thread may add while the scan thread flushes
+        self.pending_evidence.append(doc)
+        while len(self.pending_evidence) > self.cfg.evidence_pending_max:
+            lost = self.pending_evidence.popleft()
+            self.evidence_dropped += 1
+            log.error("evidence %s dropped: %d documents already wait for a writable evidence dir",
+                      lost.get("id"), self.cfg.evidence_pending_max)
+
+    def _flush_evidence(self) -> None:
+        """Retry kept evidence, oldest first; stop at the first failure (the dir is still unwritable)."""
+        while self.pending_evidence:
+            doc = self.pending_evidence[0]
+            if not self._try_write(doc):
+                return
+            self.pending_evidence.popleft()
+        self.faults_now.pop("evidence", None)
+
+    def _try_write(self, doc: dict[str, Any]) -> bool:
         try:
             path = write_evidence(self.cfg.evidence_dir, doc)
         except OSError as exc:
-            log.error("cannot write evidence %s: %s", doc["id"], exc)
+            if "evidence" not in self.faults_now:
+                log.error("cannot write evidence %s: %s; kept in memory and retried every scan", doc["id"], exc)
             self.errors["evidence"] += 1
-            return
+            self.faults_now["evidence"] = (f"evidence dir {self.cfg.evidence_dir} not writable ({exc.strerror or exc}); "
+                                           f"{len(self.pending_evidence) + 1} document(s) kept in memory, retried")
+            return False
         self.evidence_total[doc["kind"]] += 1
         log.warning("evidence %s written to %s", path.stem, path)
         if self.store is not None:
@@ -463,6 +540,26 @@ class Agent:
                                         doc.get("dominant_category"), path)
             except Exception:  # noqa: BLE001 - the file is the record; the index is a convenience
                 self.errors["store"] += 1
+        return True
+
+    def _check_fault_maps(self) -> None:
+        """A kernel map that filled since the last scan is a fault of this scan (the lost counts
+        themselves are exported as counters)."""
+        if self.faults is None:
+            return
+        try:
+            stats = self.faults.stats()
+        except Exception:  # noqa: BLE001 - counted where the view reads stats
+            return
+        lost = stats.get("map_full", 0)
+        prev = self._fault_lost.get("page_faults", lost)
+        self._fault_lost["page_faults"] = lost
+        if lost > prev:
+            self.faults_now["bpf-page-faults-map-full"] = (
+                f"page-fault counter map full: {lost - prev} samples lost in the last scan "
+                f"(page_fault_max_entries={self.cfg.page_fault_max_entries})")
+        else:
+            self.faults_now.pop("bpf-page-faults-map-full", None)
 
     # --- containers --------------------------------------------------------------------------------
     def _containers(self, now: float) -> list[ContainerView]:
@@ -553,9 +650,10 @@ class Agent:
         if self.store is None:
             return
         rows = []
+        stored: list[_Proc] = []
         for rec in self._capped():
             if rec.last is not None and now - rec.last_stored_t >= self.cfg.history_interval_s:
-                rec.last_stored_t = now
+                stored.append(rec)
                 doc = rec.last.to_json()
                 doc["growth"] = {c: {"bytes_per_second": v.fit.bytes_per_second, "leak": v.leak}
                                  for c, v in rec.growth.items()}
@@ -567,9 +665,28 @@ class Agent:
                 if containers:
                     self.store.add_containers(now, [c.to_json() for c in containers])
             self.store.prune(now)
-        except Exception:  # noqa: BLE001 - a full disk must not stop the agent
-            log.exception("history store")
+        except Exception as exc:  # noqa: BLE001 - a full disk must not stop the agent
+            if "store" not in self.faults_now:
+                log.error("history store: %s (retried every history interval)", exc)
             self.errors["store"] += 1
+            self.faults_now["store"] = f"history store not writable: {exc}"
+            return
+        for rec in stored:  # only once written: a failed write is retried at the next scan
+            rec.last_stored_t = now
+        if rows:
+            self.faults_now.pop("store", None)
+
+    def cache_sizes(self) -> dict[str, int]:
+        """Entries of every cache the agent holds: each has a bound and an eviction rule (the per-pid
+        state goes with its pid, dead pids after dead_grace_s, the rest by size)."""
+        out = cachestats.sizes()
+        out.update({"processes": len(self.procs), "dead_processes": len(self.dead),
+                    "containers": len(self.containers), "native_site_pids": len(self.sites),
+                    "error_log": len(self.error_log)})
+        if self.faults is not None:
+            with contextlib.suppress(Exception):
+                out.update(self.faults.sizes())
+        return out
 
     def _capped(self) -> list[_Proc]:
         withbd = [r for r in self.procs.values() if r.last is not None]
@@ -595,7 +712,12 @@ class Agent:
             full_snapshots_total=self.full_total, deferred_total=self.deferred_total,
             errors_by_source=dict(self.errors), bpf_stats=bpf_stats, degraded=dict(self.degraded),
             sites={p.breakdown.pid: self.sites[p.breakdown.pid] for p in procs if p.breakdown.pid in self.sites},
-            evidence_total=dict(self.evidence_total))
+            evidence_total=dict(self.evidence_total), vanished_total=dict(self.vanished),
+            scan_overruns_total=self.scan_overruns, faults=dict(self.faults_now), notices=tuple(self.notices),
+            recent_errors=tuple({"time": t, "source": src, "pid": pid, "detail": d}
+                                for t, src, pid, d in list(self.error_log)[-10:]),
+            evidence_pending=len(self.pending_evidence), evidence_dropped_total=self.evidence_dropped,
+            cache_sizes=self.cache_sizes())
         with self._view_lock:
             self._view = view
         return view

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HistoryStore", "STORE_FILE"]
+__all__ = ["HistoryStore", "STORE_FILE", "open_store"]
 
 STORE_FILE = "history.sqlite"
 
@@ -33,6 +33,31 @@ CREATE TABLE IF NOT EXISTS evidence (
 """
 
 
+def open_store(state_dir: Path, *, retention_s: float, clock: float | None = None) -> tuple[HistoryStore, str | None]:
+    """Open (or make) the writable store. A file that is not a healthy SQLite database (torn by a
+    crash, overwritten, truncated) is moved aside and a new one made: history is a convenience, and
+    an agent that refused to start over it would lose the node's OOM post-mortems. Returns the store
+    and, when that happened, one sentence saying so (the caller says it once)."""
+    try:
+        store = HistoryStore(state_dir, retention_s=retention_s)
+        if store.healthy():
+            return store, None
+        store.close()
+        why = "integrity check failed"
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+        why = str(exc)
+    path = Path(state_dir) / STORE_FILE
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() if clock is None else clock))
+    aside = path.with_name(f"{STORE_FILE}.corrupt-{stamp}")
+    path.replace(aside)
+    for suffix in ("-wal", "-shm"):  # the old file's journal belongs to it, not to the new one
+        side = path.with_name(STORE_FILE + suffix)
+        if side.exists():
+            side.replace(aside.with_name(aside.name + suffix))
+    store = HistoryStore(state_dir, retention_s=retention_s)
+    return store, f"history database {path} was unreadable ({why}); moved aside to {aside.name}, a new one was made"
+
+
 class HistoryStore:
     def __init__(self, state_dir: Path, *, retention_s: float, readonly: bool = False) -> None:
         self.path = Path(state_dir) / STORE_FILE
@@ -49,6 +74,14 @@ class HistoryStore:
 
     def close(self) -> None:
         self.db.close()
+
+    def healthy(self) -> bool:
+        """SQLite's own page-level check (quick_check: every page and index, no cross-checks)."""
+        try:
+            row = self.db.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.DatabaseError:
+            return False
+        return row is not None and row[0] == "ok"
 
     def add_processes(self, ts: float, docs: Iterable[dict[str, Any]]) -> None:
         rows = [(ts, int(d["pid"]), str(d.get("comm", "")), (d.get("container") or {}).get("id") or "",

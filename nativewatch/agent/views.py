@@ -99,6 +99,14 @@ class AgentView:
     degraded: dict[str, str] = field(default_factory=dict)  # source -> why it is off
     sites: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # pid -> top native sites
     evidence_total: dict[str, int] = field(default_factory=dict)
+    vanished_total: dict[str, int] = field(default_factory=dict)  # stage -> pids gone mid-read
+    scan_overruns_total: int = 0
+    faults: dict[str, str] = field(default_factory=dict)  # runtime faults now: what and why
+    notices: tuple[str, ...] = ()
+    recent_errors: tuple[dict[str, Any], ...] = ()  # the latest errors with their pid and detail
+    evidence_pending: int = 0
+    evidence_dropped_total: int = 0
+    cache_sizes: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"time": self.time, "scans_total": self.scans_total,

@@ -39,6 +39,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from nativewatch import cachestats
 from nativewatch.errors import NativewatchError, ProcessGone
 from nativewatch.jvm import paths
 from nativewatch.jvm.verify import check_hotspot
@@ -59,6 +60,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _sem_lock = threading.Lock()
 _sem = threading.BoundedSemaphore(4)
 _version_cache: dict[tuple[int, int], int] = {}
+cachestats.register("jvm_attach_versions", lambda: len(_version_cache))
 
 
 class AttachError(NativewatchError):

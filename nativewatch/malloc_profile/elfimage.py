@@ -29,6 +29,8 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from nativewatch import cachestats
+
 __all__ = ["ElfImage", "Segment", "load_image", "image_for_fd"]
 
 _MAX_SYMBOLS = 2_000_000
@@ -213,6 +215,8 @@ _MAX_CACHED_FILES = 1024
 _MAX_CACHED_SYMBOLS = 1_000_000
 _by_build_id: OrderedDict[str, ElfImage] = OrderedDict()
 _by_identity: OrderedDict[tuple[int, int, int, int], ElfImage] = OrderedDict()
+cachestats.register("elf_files", lambda: len(_by_identity))
+cachestats.register("elf_images", lambda: len(_by_build_id))
 
 
 def image_for_fd(fd: int) -> ElfImage:

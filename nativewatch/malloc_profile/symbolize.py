@@ -1,8 +1,12 @@
 """Turn a target's user-space addresses into "function (object)" frames.
 
 - Files are opened through /proc/PID/map_files/<range> (the exact inode mapped, also in containers and
-  after the file was replaced on disk), and the fds are kept open after each refresh() so frames of a
-  process that exited mid-profile still resolve.
+  after the file was replaced on disk). With `hold_files` (a time-boxed profile of one process) the
+  fds are kept open after each refresh() so frames of a process that exited mid-profile still
+  resolve. Without it (the agent's node-wide symbolizers) a file is opened only to parse it and closed
+  at once: the parsed image lives in elfimage's bounded cache keyed by build id / inode identity, so a
+  symbolizer holds no descriptor at all and a process that is gone costs none; after exit it still
+  names every address in an object it had parsed while alive.
 - Symbols: pyelftools, .symtab and .dynsym, parsed once per build id (elfimage's cache).
 - JIT frames: /tmp/perf-<nspid>.map inside the target's root, opened with openat2(RESOLVE_IN_ROOT) so
   symlinks planted by the target cannot lead outside its root. Falls back to a component-by-component
@@ -28,6 +32,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from nativewatch import cachestats
 from nativewatch.errors import ProcessGone
 from nativewatch.malloc_profile.elfimage import ElfImage, image_for_fd
 from nativewatch.procfs import read_maps, read_status
@@ -44,6 +49,7 @@ class _Region:
     offset: int
     path: str
     fd: int | None
+    inode: int = 0
     image: ElfImage | None = None
     loaded: bool = False
 
@@ -51,8 +57,9 @@ class _Region:
 class Symbolizer:
     def __init__(self, pid: int, proc_root: str = "/proc", *,
                  allocator_ranges: Sequence[tuple[int, int]] = (),
-                 allocator_symbols: Iterable[str] = ()) -> None:
+                 allocator_symbols: Iterable[str] = (), hold_files: bool = True) -> None:
         self.pid = pid
+        self.hold_files = hold_files
         self.proc_root = proc_root
         self.allocator_ranges = tuple(allocator_ranges)
         self.allocator_symbols = frozenset(allocator_symbols)
@@ -61,7 +68,6 @@ class Symbolizer:
         self._anon_exec: list[tuple[int, int]] = []
         self._perf: tuple[list[int], list[tuple[int, str]]] | None = None
         self._perf_stale = False
-        self._cache: dict[tuple[int, bool], str] = {}
         self._lock = threading.Lock()
         self.problems: list[str] = []
         with contextlib.suppress(ProcessGone):
@@ -69,9 +75,10 @@ class Symbolizer:
 
     # ---- mappings ------------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Re-read the maps; open (and keep open) each new executable file mapping."""
+        """Re-read the maps; with hold_files, open (and keep open) each new executable file mapping."""
         maps = read_maps(self.pid, self.proc_root)
         known = {(r.start, r.end, r.path) for r in self._regions}
+        current: set[tuple[int, int, str]] = set()
         new: list[_Region] = []
         anon: list[tuple[int, int]] = []
         for m in maps.mappings:
@@ -80,16 +87,27 @@ class Symbolizer:
             if not m.path.startswith("/") or m.inode == 0:
                 anon.append((m.start, m.end))
                 continue
+            current.add((m.start, m.end, m.path))
             if (m.start, m.end, m.path) in known:
+                continue
+            if not self.hold_files:
+                new.append(_Region(m.start, m.end, m.offset, m.path, None, m.inode))
                 continue
             try:
                 fd: int | None = os.open(f"{self.proc_root}/{self.pid}/map_files/{m.start:x}-{m.end:x}",
                                          os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
                 fd = None
-                self.problems.append(f"cannot open {m.path}: {exc.strerror}")
-            new.append(_Region(m.start, m.end, m.offset, m.path, fd))
+                self._problem(f"cannot open {m.path}: {exc.strerror}")
+            new.append(_Region(m.start, m.end, m.offset, m.path, fd, m.inode))
         with self._lock:
+            if not self.hold_files:
+                # Without held files an unmapped range cannot be re-read anyway: drop it, so a process
+                # that maps and unmaps code for its whole life keeps a bounded region list.
+                gone = len(self._regions) - sum((r.start, r.end, r.path) in current for r in self._regions)
+                if gone:
+                    self._regions = [r for r in self._regions if (r.start, r.end, r.path) in current]
+                    self._starts = [r.start for r in self._regions]
             if new:
                 self._regions.extend(new)
                 self._regions.sort(key=lambda r: r.start)
@@ -117,6 +135,13 @@ class Symbolizer:
                 return r
         return None
 
+    def open_files(self) -> int:
+        with self._lock:
+            return sum(r.fd is not None for r in self._regions)
+
+    def regions(self) -> int:
+        return len(self._regions)
+
     def _image(self, r: _Region) -> ElfImage | None:
         if not r.loaded:
             r.loaded = True
@@ -124,8 +149,37 @@ class Symbolizer:
                 try:
                     r.image = image_for_fd(r.fd)
                 except OSError as exc:
-                    self.problems.append(f"{r.path}: {exc.strerror}")
+                    self._problem(f"{r.path}: {exc.strerror}")
+            elif not self.hold_files:
+                r.image = self._image_on_demand(r)
         return r.image
+
+    def _image_on_demand(self, r: _Region) -> ElfImage | None:
+        """Open the mapping's file only to parse it (or find it in the cache), then close it. The
+        inode must still be the one the maps line named: the range may have been remapped since."""
+        try:
+            fd = os.open(f"{self.proc_root}/{self.pid}/map_files/{r.start:x}-{r.end:x}",
+                         os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:  # ENOENT: gone (exited, or unmapped); not a problem to report
+                self._problem(f"cannot open {r.path}: {exc.strerror}")
+            return None
+        try:
+            if r.inode and os.fstat(fd).st_ino != r.inode:
+                return None
+            return image_for_fd(fd)
+        except OSError as exc:
+            self._problem(f"{r.path}: {exc.strerror}")
+            return None
+        finally:
+            os.close(fd)
+
+    _MAX_PROBLEMS = 32
+
+    def _problem(self, text: str) -> None:
+        # bounded: a long-lived symbolizer of a process that keeps failing must not grow without end
+        if len(self.problems) < self._MAX_PROBLEMS:
+            self.problems.append(text)
 
     def is_executable(self, addr: int) -> bool:
         return self._region(addr) is not None or any(lo <= addr < hi for lo, hi in self._anon_exec) \
@@ -299,6 +353,10 @@ def _walk_nofollow(dirfd: int, relpath: str) -> int:
 # ---- demangling --------------------------------------------------------------------------------
 _demangled: dict[str, str] = {}
 _demangle_lock = threading.Lock()
+# Names come from every C++ program the agent ever symbolizes: bounded, emptied when full (a miss
+# costs one c++filt batch, and the names in use come back within a scan).
+_MAX_DEMANGLED = 65536
+cachestats.register("demangled_names", lambda: len(_demangled))
 
 
 def demangle(names: Sequence[str], *, timeout_s: float = 5.0) -> list[str]:
@@ -312,6 +370,8 @@ def demangle(names: Sequence[str], *, timeout_s: float = 5.0) -> list[str]:
             out = subprocess.run([exe], input="\n".join(todo) + "\n", capture_output=True, text=True,
                                  timeout=timeout_s, check=False).stdout.split("\n")
             with _demangle_lock:
+                if len(_demangled) + len(todo) > _MAX_DEMANGLED:
+                    _demangled.clear()
                 for n, d in zip(todo, out, strict=False):
                     _demangled[n] = d or n
         except (OSError, subprocess.SubprocessError):
