@@ -24,12 +24,12 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
 from agentproc import AgentProcess, free_port
 from conftest import build_c
+from test_agent_oom import limited_cgroup  # noqa: F401 - the same 48 MiB v1 memory cgroup fixture
 
 from nativewatch.agent.config import load_config
 from nativewatch.agent.evidence import list_evidence, load_evidence
@@ -39,30 +39,6 @@ from nativewatch.agent.loop import Agent
 from nativewatch.agent.store import STORE_FILE, HistoryStore
 
 MIB = 1 << 20
-V1_MEMORY = Path("/sys/fs/cgroup/memory")
-LIMIT = 48 * MIB
-
-
-@pytest.fixture
-def limited_cgroup():
-    if os.geteuid() != 0 or not (V1_MEMORY / "memory.limit_in_bytes").exists():
-        pytest.skip("needs root and the cgroup v1 memory controller")
-    cg = V1_MEMORY / f"nativewatch-test-{uuid.uuid4().hex[:8]}"
-    cg.mkdir()
-    try:
-        (cg / "memory.limit_in_bytes").write_text(str(LIMIT))
-        if (cg / "memory.memsw.limit_in_bytes").exists():
-            (cg / "memory.memsw.limit_in_bytes").write_text(str(LIMIT))
-        yield cg
-    finally:
-        for _ in range(50):
-            try:
-                cg.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
-
-
 @pytest.fixture
 def small_tmpfs(tmp_path):
     if os.geteuid() != 0:
@@ -110,7 +86,7 @@ def _scan_until(agent: Agent, cond, timeout: float = 60.0) -> None:
 
 @pytest.mark.bpf
 def test_evidence_of_kills_while_the_state_dir_is_read_only_or_full_is_written_later(
-        bpf_available, limited_cgroup, small_tmpfs):
+        bpf_available, limited_cgroup, small_tmpfs):  # noqa: F811 - the imported fixture
     prog = build_c("agent_load.c", cflags=["-O1", "-fno-omit-frame-pointer"])
     (small_tmpfs / "ev").mkdir()
     cfg = load_config(None, interval_s=0.3, full_interval_s=0.3, window_s=30, min_leak_window_s=3,

@@ -686,6 +686,9 @@ class Agent:
         if self.faults is not None:
             with contextlib.suppress(Exception):
                 out.update(self.faults.sizes())
+        index = getattr(self.pod_meta, "index", None)
+        if index is not None:  # pod containers of this node; deleted ones retained a while, then dropped
+            out["pod_containers"] = len(index)
         return out
 
     def _capped(self) -> list[_Proc]:
