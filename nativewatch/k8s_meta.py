@@ -201,9 +201,6 @@ class PodIndex:
         self._retain_s = retain_s
         self._clock = clock
 
-    def __len__(self) -> int:
-        return len(self._by_id)
-
     def replace_all(self, containers: Iterable[PodContainer]) -> None:
         """A fresh full list: it is the truth, except that ids that vanished are retained a while."""
         fresh = {c.container_id: c for c in containers}
