@@ -487,12 +487,11 @@ def _pid_alive(pid: int, proc_root: str) -> bool:
 def _exited(pid: int, proc_root: str) -> bool:
     """Gone, or a zombie / dead task (its mm released: per-mm files refuse even root with EACCES)."""
     try:
-        with open(f"{proc_root}/{pid}/stat", "rb") as fh:
+        with open(f"{proc_root}/{pid}/status", "rb") as fh:
             raw = fh.read()
     except OSError:
         return True
-    state = raw[raw.rfind(b")") + 2:][:1]
-    return state in (b"Z", b"X", b"x")
+    return parse_status(raw).state in ("Z", "X", "x")
 
 
 def wrap_exceptions(fn: Callable[P, T]) -> Callable[P, T]:

@@ -141,7 +141,7 @@ class Agent:
         # Evidence that could not be written yet: kept, retried every scan, bounded.
         self.pending_evidence: deque[dict[str, Any]] = deque()
         self.evidence_dropped = 0
-        self._fault_lost: dict[str, int] = {}  # last seen lost-event counters, per program
+        self._map_full_seen: int | None = None  # the page-fault map_full counter at the last scan
         # The latest errors with their pid, for /healthz and for telling a bad target from a bug.
         self.error_log: deque[tuple[float, str, int | None, str]] = deque(maxlen=64)
         self.degraded: dict[str, str] = {}
@@ -413,11 +413,12 @@ class Agent:
         """A JVM whose attach failed (hung, refused) is not asked again for a while, doubling each
         time: every attempt costs the scan up to the attach timeout, and a hung JVM stays hung.
         Meanwhile it gets the passive view (hsperfdata + smaps)."""
-        if any(p.startswith("attach failed") for p in bd.problems):
+        failure = next((p for p in bd.problems if p.startswith("attach failed")), None)
+        if failure is not None:
             rec.attach_failures += 1
             base = max(self.cfg.nmt_interval_s, 60.0)
             rec.attach_retry_at = now + min(self.ATTACH_BACKOFF_MAX_S, base * 2 ** (rec.attach_failures - 1))
-            self._error("jvm-attach", rec.pid, next(p for p in bd.problems if p.startswith("attach failed")))
+            self._error("jvm-attach", rec.pid, failure)
         else:
             rec.attach_failures, rec.attach_retry_at = 0, 0.0
 
@@ -530,7 +531,7 @@ class Agent:
                 log.error("cannot write evidence %s: %s; kept in memory and retried every scan", doc["id"], exc)
             self.errors["evidence"] += 1
             self.faults_now["evidence"] = (f"evidence dir {self.cfg.evidence_dir} not writable ({exc.strerror or exc}); "
-                                           f"{len(self.pending_evidence) + 1} document(s) kept in memory, retried")
+                                           "documents kept in memory (evidence_pending), retried every scan")
             return False
         self.evidence_total[doc["kind"]] += 1
         log.warning("evidence %s written to %s", path.stem, path)
@@ -552,8 +553,8 @@ class Agent:
         except Exception:  # noqa: BLE001 - counted where the view reads stats
             return
         lost = stats.get("map_full", 0)
-        prev = self._fault_lost.get("page_faults", lost)
-        self._fault_lost["page_faults"] = lost
+        prev = lost if self._map_full_seen is None else self._map_full_seen
+        self._map_full_seen = lost
         if lost > prev:
             self.faults_now["bpf-page-faults-map-full"] = (
                 f"page-fault counter map full: {lost - prev} samples lost in the last scan "

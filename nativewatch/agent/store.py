@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS evidence (
 """
 
 
-def open_store(state_dir: Path, *, retention_s: float, clock: float | None = None) -> tuple[HistoryStore, str | None]:
+def open_store(state_dir: Path, *, retention_s: float) -> tuple[HistoryStore, str | None]:
     """Open (or make) the writable store. A file that is not a healthy SQLite database (torn by a
     crash, overwritten, truncated) is moved aside and a new one made: history is a convenience, and
     an agent that refused to start over it would lose the node's OOM post-mortems. Returns the store
@@ -47,7 +47,7 @@ def open_store(state_dir: Path, *, retention_s: float, clock: float | None = Non
     except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
         why = str(exc)
     path = Path(state_dir) / STORE_FILE
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() if clock is None else clock))
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     aside = path.with_name(f"{STORE_FILE}.corrupt-{stamp}")
     path.replace(aside)
     for suffix in ("-wal", "-shm"):  # the old file's journal belongs to it, not to the new one

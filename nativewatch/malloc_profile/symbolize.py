@@ -94,8 +94,7 @@ class Symbolizer:
                 new.append(_Region(m.start, m.end, m.offset, m.path, None, m.inode))
                 continue
             try:
-                fd: int | None = os.open(f"{self.proc_root}/{self.pid}/map_files/{m.start:x}-{m.end:x}",
-                                         os.O_RDONLY | os.O_CLOEXEC)
+                fd: int | None = self._open_mapped(m.start, m.end)
             except OSError as exc:
                 fd = None
                 self._problem(f"cannot open {m.path}: {exc.strerror}")
@@ -104,10 +103,10 @@ class Symbolizer:
             if not self.hold_files:
                 # Without held files an unmapped range cannot be re-read anyway: drop it, so a process
                 # that maps and unmaps code for its whole life keeps a bounded region list.
-                gone = len(self._regions) - sum((r.start, r.end, r.path) in current for r in self._regions)
-                if gone:
-                    self._regions = [r for r in self._regions if (r.start, r.end, r.path) in current]
-                    self._starts = [r.start for r in self._regions]
+                kept = [r for r in self._regions if (r.start, r.end, r.path) in current]
+                if len(kept) != len(self._regions):
+                    self._regions = kept
+                    self._starts = [r.start for r in kept]
             if new:
                 self._regions.extend(new)
                 self._regions.sort(key=lambda r: r.start)
@@ -135,6 +134,10 @@ class Symbolizer:
                 return r
         return None
 
+    def _open_mapped(self, start: int, end: int) -> int:
+        """The file mapped at [start, end), through the kernel's map_files link (no path lookup)."""
+        return os.open(f"{self.proc_root}/{self.pid}/map_files/{start:x}-{end:x}", os.O_RDONLY | os.O_CLOEXEC)
+
     def open_files(self) -> int:
         with self._lock:
             return sum(r.fd is not None for r in self._regions)
@@ -158,8 +161,7 @@ class Symbolizer:
         """Open the mapping's file only to parse it (or find it in the cache), then close it. The
         inode must still be the one the maps line named: the range may have been remapped since."""
         try:
-            fd = os.open(f"{self.proc_root}/{self.pid}/map_files/{r.start:x}-{r.end:x}",
-                         os.O_RDONLY | os.O_CLOEXEC)
+            fd = self._open_mapped(r.start, r.end)
         except OSError as exc:
             if exc.errno != errno.ENOENT:  # ENOENT: gone (exited, or unmapped); not a problem to report
                 self._problem(f"cannot open {r.path}: {exc.strerror}")
