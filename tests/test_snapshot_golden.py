@@ -80,3 +80,26 @@ def test_snapshot_json_is_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     doc = json.loads(got)
     assert sum(doc["categories"].values()) == doc["rss_bytes"]
     assert got == path.read_text()
+
+
+@pytest.mark.parametrize("name", ["jvm17-detail", "jvm25-passive", "go-cgo"])
+def test_nmt_metric_family_is_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    from prometheus_client.exposition import generate_latest
+
+    from nativewatch.agent.exporter import make_registry
+    from nativewatch.agent.views import AgentView, ContainerLabels, ProcessView
+
+    proc, replies = SCENARIOS[name]
+    root = fakeproc.build(tmp_path, proc)
+    monkeypatch.setattr(attach, "jcmd", _replies(**(replies or {})))
+    bd = take_snapshot(fakeproc.PID, proc_root=root, jvm=replies is not None, with_sites=False)
+    view = AgentView(processes=(ProcessView(bd, ContainerLabels(), {}, False, bd.rss_bytes),))
+    reg = make_registry(lambda: view)
+    # The family is rendered by the scrape source named "jvm" (its duration/success series keep that label).
+    assert reg.get_sample_value("nativewatch_scrape_source_success", {"source": "jvm"}) == 1
+    text = generate_latest(reg).decode()
+    got = "".join(ln + "\n" for ln in text.splitlines() if "nativewatch_jvm_nmt_committed_bytes" in ln)
+    path = GOLDEN / f"{name}.nmt-metrics.txt"
+    if os.environ.get("NATIVEWATCH_WRITE_GOLDEN") == "1":
+        path.write_text(got)
+    assert got == path.read_text()
