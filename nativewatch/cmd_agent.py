@@ -45,10 +45,10 @@ def command(listen: str | None, interval_s: float | None, full_interval_s: float
     except ConfigError as exc:
         fail(str(exc), 2)
     if dump_bpf:
-        from nativewatch.agent.bpfload import bpf_source
+        from nativewatch.sources.bpf import program_text
 
-        click.echo(bpf_source("oom_kill.c", {"RINGBUF_PAGES": 8}))
-        click.echo(bpf_source("page_faults.c", {"SAMPLE_EVERY": cfg.page_fault_sample_every}))
+        click.echo(program_text("oom_kill.c", {"RINGBUF_PAGES": 8}))
+        click.echo(program_text("page_faults.c", {"SAMPLE_EVERY": cfg.page_fault_sample_every}))
         return
 
     from nativewatch.agent.exporter import make_registry

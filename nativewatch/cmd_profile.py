@@ -54,16 +54,16 @@ def command(pid: int, duration: float, as_json: bool, output: str | None, mode: 
     if duration <= 0:
         fail("duration must be positive")
     try:
-        cflags = probes.build_cflags(pid, mode=mode, interval_bytes=interval)
+        defines = probes.build_defines(pid, mode=mode, interval_bytes=interval)
     except ValueError as exc:
         fail(str(exc))
     if dump_bpf:
         try:  # with the target's C++ nest range when it can be resolved
             plan = resolve(pid, proc_root)
-            cflags = probes.build_cflags(pid, mode=mode, interval_bytes=interval, nest_range=plan.nest_range)
+            defines = probes.build_defines(pid, mode=mode, interval_bytes=interval, nest_range=plan.nest_range)
         except (ProcessGone, AccessDenied, SourceUnavailable):
             pass
-        click.echo(probes.dump_source(cflags))
+        click.echo(probes.dump_source(defines))
         return
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

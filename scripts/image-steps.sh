@@ -60,8 +60,9 @@ step_install() {
     # --system-site-packages: Debian's bcc module lives in the system interpreter's dist-packages.
     /usr/bin/python3 -m venv --system-site-packages "$prefix/venv"
     "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check "$src"
-    # The BPF programs are C sources compiled at run time; the loaders look for them in a "bpf"
-    # directory beside the package's parent (site-packages/bpf) or in $NATIVEWATCH_BPF_DIR.
+    # The BPF programs are C sources compiled at run time; the loader (nativewatch/sources/bpf.py)
+    # looks for them in $NATIVEWATCH_BPF_DIR, else in a "bpf" directory beside the package's parent
+    # (site-packages/bpf).
     local purelib
     purelib=$(venv_purelib "$prefix")
     mkdir -p "$purelib/bpf"

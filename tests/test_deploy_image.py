@@ -168,7 +168,7 @@ def test_entrypoint_falls_back_to_packaged_headers_and_the_agents_probe_loads(im
         NW_HOST_MODULES="$T/no-such-dir" "$STEPS" entrypoint "$PREFIX" doctor
         readlink /lib/modules/$(uname -r)/build
         "$PREFIX/venv/bin/python" -c '
-from nativewatch.agent.bpfload import load_bpf
+from nativewatch.sources.bpf import load_bpf
 b = load_bpf("oom_kill.c", {"RINGBUF_PAGES": 8})
 print("probe loaded:", b.num_open_tracepoints(), "tracepoint(s)")
 b.cleanup()'

@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nativewatch.agent.bpfload import bpf_source, load_bpf
 from nativewatch.errors import AccessDenied, ProcessGone
 from nativewatch.malloc_profile.symbolize import Symbolizer
+from nativewatch.sources.bpf import load_bpf, program_text
 
 __all__ = ["FaultStack", "PageFaultSampler", "top_stacks", "with_return_hint"]
 
@@ -140,7 +140,7 @@ class PageFaultSampler:
         self.skipped_samples = 0  # samples of processes not worth a symbol cache (see collect)
 
     def source(self) -> str:
-        return bpf_source("page_faults.c", self.defines)
+        return program_text("page_faults.c", self.defines)
 
     def stats(self) -> dict[str, int]:
         table = self.bpf["fault_stats"]

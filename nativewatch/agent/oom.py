@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nativewatch.agent.bpfload import bpf_source, load_bpf
 from nativewatch.cgroup import CgroupMemory
+from nativewatch.sources.bpf import load_bpf, program_text
 
 __all__ = ["OomEvent", "BpfOomWatcher", "CgroupOomWatcher"]
 
@@ -37,7 +37,7 @@ class BpfOomWatcher:
         self.bpf["oom_events"].open_ring_buffer(self._on_event)
 
     def source(self) -> str:
-        return bpf_source("oom_kill.c", self.defines)
+        return program_text("oom_kill.c", self.defines)
 
     def _on_event(self, _ctx: object, data: int, _size: int) -> None:
         ev = self.bpf["oom_events"].event(data)

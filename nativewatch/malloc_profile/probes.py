@@ -1,6 +1,7 @@
-"""Load bpf/malloc_sites.c with bcc, attach it per a ProbePlan, read its maps, detach.
+"""Load bpf/malloc_sites.c (through the one loader, nativewatch.sources.bpf), attach it per a
+ProbePlan, read its maps, detach.
 
-Phases are separate functions (build_cflags -> load -> attach -> read_* -> detach) so that the runner
+Phases are separate functions (build_defines -> load -> attach -> read_* -> detach) so that the runner
 never loads while reading and the CLI can print the final program (--dump-bpf) without loading it.
 """
 
@@ -10,7 +11,6 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from nativewatch.errors import SourceUnavailable
@@ -21,20 +21,12 @@ from nativewatch.malloc_profile.uprobe_link import (
     BPF_TRACE_UPROBE_SESSION,
     create_uprobe_multi,
 )
+from nativewatch.sources import bpf as bpfload
 
-__all__ = ["BPF_DIR", "SOURCE", "build_cflags", "dump_source", "load", "attach", "detach", "Loaded",
+__all__ = ["PROGRAM", "build_defines", "dump_source", "load", "attach", "detach", "Loaded",
            "RawSite", "read_counters", "read_sites", "read_oldest", "read_stack", "COUNTER_NAMES"]
 
-
-def _bpf_dir() -> Path:
-    env = os.environ.get("NATIVEWATCH_BPF_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "bpf"
-
-
-BPF_DIR = _bpf_dir()
-SOURCE = BPF_DIR / "malloc_sites.c"
+PROGRAM = "malloc_sites.c"
 
 # counters[] slots in bpf/malloc_sites.h
 COUNTER_NAMES = ("events_lost", "map_full", "unmatched_frees", "stack_lost", "sites_full", "sampled",
@@ -45,31 +37,28 @@ COUNTER_NAMES = ("events_lost", "map_full", "unmatched_frees", "stack_lost", "si
 DEFAULT_MAX_ALLOCS = {"sampled": 65536, "exact": 262144}
 
 
-def build_cflags(pid: int, *, mode: str, interval_bytes: int, max_allocs: int | None = None,
-                 max_sites: int = 16384, max_stacks: int = 8192,
-                 nest_range: tuple[int, int] | None = None) -> list[str]:
+def build_defines(pid: int, *, mode: str, interval_bytes: int, max_allocs: int | None = None,
+                  max_sites: int = 16384, max_stacks: int = 8192,
+                  nest_range: tuple[int, int] | None = None) -> dict[str, int | str]:
     if mode not in ("sampled", "exact"):
         raise ValueError(f"mode must be 'sampled' or 'exact', not {mode!r}")
     if mode == "sampled" and interval_bytes < sampling.WEIGHT_STEPS:
         raise ValueError(f"sampling interval must be at least {sampling.WEIGHT_STEPS} bytes")
-    nest = [f"-DNEST_LO={nest_range[0]:#x}ULL", f"-DNEST_HI={nest_range[1]:#x}ULL"] if nest_range else []
-    return [
-        *nest,
-        f"-I{BPF_DIR}",
-        f"-DTARGET_TGID={int(pid)}",
-        f"-DEXACT={1 if mode == 'exact' else 0}",
-        f"-DINTERVAL={int(interval_bytes) if mode == 'sampled' else 1}",
-        f"-DMAX_ALLOCS={int(max_allocs or DEFAULT_MAX_ALLOCS[mode])}",
-        f"-DMAX_SITES={int(max_sites)}",
-        f"-DMAX_STACKS={int(max_stacks)}",
-    ]
+    nest: dict[str, int | str] = (
+        {"NEST_LO": f"{nest_range[0]:#x}ULL", "NEST_HI": f"{nest_range[1]:#x}ULL"} if nest_range else {})
+    return {
+        **nest,
+        "TARGET_TGID": int(pid),
+        "EXACT": 1 if mode == "exact" else 0,
+        "INTERVAL": int(interval_bytes) if mode == "sampled" else 1,
+        "MAX_ALLOCS": int(max_allocs or DEFAULT_MAX_ALLOCS[mode]),
+        "MAX_SITES": int(max_sites),
+        "MAX_STACKS": int(max_stacks),
+    }
 
 
-def dump_source(cflags: list[str]) -> str:
-    defs = "\n".join(f"#define {f[2:].replace('=', ' ', 1)}" for f in cflags if f.startswith("-D"))
-    header = (BPF_DIR / "malloc_sites.h").read_text()
-    body = SOURCE.read_text().replace('#include "malloc_sites.h"', header)
-    return f"/* cflags: {' '.join(cflags)} */\n{defs}\n{body}"
+def dump_source(defines: dict[str, int | str]) -> str:
+    return bpfload.program_text(PROGRAM, defines)
 
 
 @dataclass
@@ -82,16 +71,14 @@ class Loaded:
     mode: str
 
 
-def load(cflags: list[str], *, mode: str, interval_bytes: int) -> Loaded:
+def load(defines: dict[str, int | str], *, mode: str, interval_bytes: int) -> Loaded:
+    bpf = bpfload.load_bpf(PROGRAM, defines)
     try:
-        from bcc import BPF  # imported lazily: the rest of nativewatch works without bcc
-    except ImportError as exc:
-        raise SourceUnavailable(f"bcc is not importable ({exc}); install python3-bpfcc") from exc
-    try:
-        bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
-        alloc_fn = bpf.load_func(b"on_alloc", BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_SESSION)
-        free_fn = bpf.load_func(b"on_free", BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
-    except Exception as exc:  # bcc raises bare Exception for compile/load errors
+        alloc_fn = bpf.load_func(b"on_alloc", bpf.KPROBE, attach_type=BPF_TRACE_UPROBE_SESSION)
+        free_fn = bpf.load_func(b"on_free", bpf.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
+    except Exception as exc:  # bcc raises bare Exception for verifier/load errors
+        with contextlib.suppress(Exception):
+            bpf.cleanup()
         raise SourceUnavailable(f"cannot load the malloc BPF program: {exc}") from exc
     if mode == "sampled":
         exp = bpf[b"exp_table"]

@@ -84,9 +84,9 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
         raise ValueError("duration must be positive")
     pid = _thread_group(pid, proc_root)
     plan = resolve(pid, proc_root)
-    cflags = probes.build_cflags(pid, mode=mode, interval_bytes=interval_bytes, max_allocs=max_allocs,
-                                 nest_range=plan.nest_range)
-    loaded = probes.load(cflags, mode=mode, interval_bytes=interval_bytes)
+    defines = probes.build_defines(pid, mode=mode, interval_bytes=interval_bytes, max_allocs=max_allocs,
+                                   nest_range=plan.nest_range)
+    loaded = probes.load(defines, mode=mode, interval_bytes=interval_bytes)
     sym = Symbolizer(pid, proc_root, allocator_ranges=plan.allocator_ranges,
                      allocator_symbols=plan.allocator_symbols)
     col = _Collector(loaded, sym)
