@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import build_c
 
-from nativewatch.agent.faults import _Symbols, with_return_hint
 from nativewatch.malloc_profile.elfimage import load_image
+from nativewatch.sources.page_faults import _Symbols, with_return_hint
 
 MIB = 1 << 20
 
@@ -43,7 +43,7 @@ def test_return_hint_only_restores_the_caller_of_a_frameless_libc_leaf():
 
 @pytest.mark.bpf
 def test_page_fault_stacks_name_the_function_that_calls_memset(bpf_available):
-    from nativewatch.agent.faults import PageFaultSampler
+    from nativewatch.sources.page_faults import PageFaultSampler
 
     prog = build_c("agent_load.c", cflags=["-O1", "-fno-omit-frame-pointer"])
     sampler = PageFaultSampler(8)
@@ -119,7 +119,7 @@ def test_page_fault_symbolization_never_uses_bcc_symbol_caches(bpf_available, mo
     import bcc
     from bcc.libbcc import lib
 
-    from nativewatch.agent.faults import PageFaultSampler
+    from nativewatch.sources.page_faults import PageFaultSampler
 
     used: list[str] = []
 

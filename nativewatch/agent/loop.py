@@ -26,7 +26,6 @@ from typing import Any, Protocol
 from nativewatch import cachestats, procfs
 from nativewatch.agent.config import AgentConfig
 from nativewatch.agent.evidence import dominant_category, evidence_id, write_evidence
-from nativewatch.agent.oom import BpfOomWatcher, CgroupOomWatcher, OomEvent
 from nativewatch.agent.procstat import ProcStat, read_stat
 from nativewatch.agent.store import HistoryStore, open_store
 from nativewatch.agent.views import AgentView, ContainerLabels, ContainerView, ProcessView
@@ -34,6 +33,7 @@ from nativewatch.cgroup import CgroupGone, CgroupMemory, read_container_memory, 
 from nativewatch.errors import AccessDenied, ProcessGone, SourceUnavailable
 from nativewatch.growth import LeakVerdict, fit_floor, leak_verdict, oom_eta_s
 from nativewatch.model import CATEGORIES, Breakdown, ContainerInfo
+from nativewatch.sources.oom import BpfOomWatcher, CgroupOomWatcher, OomEvent
 
 __all__ = ["Agent", "Sampler", "ProcfsSampler"]
 
@@ -183,7 +183,7 @@ class Agent:
         except SourceUnavailable as exc:
             self.degraded["bpf-oom"] = f"{exc}; OOM kills are read from cgroup counters instead"
         try:
-            from nativewatch.agent.faults import PageFaultSampler
+            from nativewatch.sources.page_faults import PageFaultSampler
 
             self.faults = PageFaultSampler(self.cfg.page_fault_sample_every,
                                            max_entries=self.cfg.page_fault_max_entries,
