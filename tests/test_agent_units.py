@@ -48,7 +48,8 @@ def test_config_file_then_overrides(tmp_path):
     assert cfg.listen == "127.0.0.1:9999"
     assert cfg.track == (1, 2)
     assert cfg.state_dir == Path("/x")
-    assert cfg.leak_window_s == cfg.window_s / 4
+    assert cfg.policy.long_min_window_s == cfg.window_s / 4
+    assert cfg.policy.fast_windows_s == (120.0, 300.0)
 
 
 @pytest.mark.parametrize("text,msg", [

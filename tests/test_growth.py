@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nativewatch.growth import MIN_SAMPLES, FloorFit, fit_floor, leak_verdict, oom_eta_s
+from nativewatch.growth import MIN_SAMPLES, FloorFit, assess, fit_floor, leak_verdict, oom_eta_s
 
 MIB = 1024 * 1024
 
@@ -194,13 +194,12 @@ def test_slow_leak_in_a_big_sawtooth_with_the_agent_defaults(period_s):
     leak = 8e6 / 3600
     saw = sawtooth(period_s, 50 * MIB)
     ts, vs = series(cfg.window_s, cfg.full_interval_s, lambda t: saw(t) + leak * t)
-    fit = fit_floor(ts, vs, window_s=cfg.window_s)
-    v = leak_verdict(fit, min_slope_bytes_per_second=cfg.min_leak_slope_bytes_per_second,
-                     min_window_s=cfg.leak_window_s, min_fit=cfg.min_leak_fit)
+    v = assess(ts, vs, cfg.policy)
     assert v.leak, v.reason
-    assert fit.bytes_per_second == pytest.approx(leak, rel=0.2)
+    assert v.tier == "window"
+    assert v.bytes_per_second == pytest.approx(leak, rel=0.2)
     ts, vs = series(cfg.window_s, cfg.full_interval_s, saw)
-    flat = leak_verdict(fit_floor(ts, vs, window_s=cfg.window_s),
-                        min_slope_bytes_per_second=cfg.min_leak_slope_bytes_per_second,
-                        min_window_s=cfg.leak_window_s, min_fit=cfg.min_leak_fit)
-    assert not flat.leak, flat.reason
+    # judged after every sample, as the agent does: never a verdict, fast or slow
+    for n in range(1, len(ts) + 1):
+        flat = assess(ts[:n], vs[:n], cfg.policy)
+        assert not flat.leak, (n, flat.reason)

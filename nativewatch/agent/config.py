@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nativewatch.growth import DEFAULT_WINDOW_S, GrowthPolicy
+
 __all__ = ["AgentConfig", "ConfigError", "load_config", "parse_listen"]
 
 
@@ -26,12 +28,18 @@ class AgentConfig:
     full_interval_s: float = 60.0
     nmt_interval_s: float = 300.0
     scan_budget_s: float = 1.0
-    # Slow leaks (a few MB per hour) only stand out of a sawtooth over a long window: an hour, with a
-    # verdict possible after a quarter of it, and a floor rising at least 1 KiB/s (3.6 MiB/hour).
-    window_s: float = 3600.0
-    min_leak_window_s: float | None = None  # default: a quarter of the window
-    min_leak_slope_bytes_per_second: float = 1024.0
-    min_leak_fit: float = 0.75
+    # Growth is judged by the one policy of nativewatch.growth (GrowthPolicy holds every default); these
+    # settings override it. Unset (None) means the policy's default: an hour's window, a slow-leak
+    # verdict after a quarter of it, fast verdicts over 2 and 5 minutes.
+    window_s: float = DEFAULT_WINDOW_S
+    min_leak_window_s: float | None = None
+    min_leak_slope_bytes_per_second: float | None = None
+    min_leak_fit: float | None = None
+    fast_leak_verdicts: bool = True
+    # A process whose RSS moved this much since its last full breakdown gets a new one at the next scan
+    # (within the scan budget) instead of after full_interval_s: a fast leak then has a point per scan,
+    # enough for a verdict in about 100 s at the default 10 s interval.
+    moving_bytes: int = 1024 * 1024
     evidence_dir: Path = Path("/var/lib/nativewatch/evidence")
     state_dir: Path = Path("/var/lib/nativewatch")
     retention_s: float = 24 * 3600.0
@@ -64,8 +72,19 @@ class AgentConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def leak_window_s(self) -> float:
-        return self.min_leak_window_s if self.min_leak_window_s is not None else self.window_s / 4
+    def policy(self) -> GrowthPolicy:
+        """The growth policy these settings describe (fast windows no longer than the window)."""
+        base = GrowthPolicy()
+        overrides: dict[str, Any] = {"window_s": self.window_s, "min_window_s": self.min_leak_window_s}
+        if self.min_leak_slope_bytes_per_second is not None:
+            overrides["min_slope_bytes_per_second"] = self.min_leak_slope_bytes_per_second
+        if self.min_leak_fit is not None:
+            overrides["min_fit"] = self.min_leak_fit
+        fast = [(w, r) for w, r in zip(base.fast_windows_s, base.fast_min_rise_bytes, strict=True)
+                if w < self.window_s and self.fast_leak_verdicts]
+        overrides["fast_windows_s"] = tuple(w for w, _ in fast)
+        overrides["fast_min_rise_bytes"] = tuple(r for _, r in fast)
+        return dataclasses.replace(base, **overrides)
 
     def validate(self) -> AgentConfig:
         host, _port = parse_listen(self.listen)
@@ -73,6 +92,9 @@ class AgentConfig:
             raise ConfigError(f"loopback_only is set but listen address {self.listen!r} is not loopback")
         if self.interval_s <= 0 or self.window_s <= 0:
             raise ConfigError("interval and window must be positive")
+        bad = self.policy.problems()
+        if bad:
+            raise ConfigError("; ".join(bad))
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key go together")
         if (self.basic_auth_user is None) != (self.basic_auth_password_sha256 is None):

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,9 +31,11 @@ from nativewatch.agent.store import HistoryStore, open_store
 from nativewatch.agent.views import AgentView, ContainerLabels, ContainerView, ProcessView
 from nativewatch.cgroup import CgroupGone, CgroupMemory, read_container_memory, read_proc_cgroup
 from nativewatch.errors import AccessDenied, ProcessGone, SourceUnavailable
-from nativewatch.growth import LeakVerdict, fit_floor, leak_verdict, oom_eta_s
+from nativewatch.growth import LeakVerdict
 from nativewatch.model import CATEGORIES, Breakdown, ContainerInfo
+from nativewatch.runtimes.registry import runtime_named
 from nativewatch.sources.oom import BpfOomWatcher, CgroupOomWatcher, OomEvent
+from nativewatch.tracker import ContainerMemoryFacts, Tracker, container_key, memory_facts, process_key
 
 __all__ = ["Agent", "Sampler", "ProcfsSampler"]
 
@@ -80,7 +82,6 @@ class _Proc:
     last: Breakdown | None = None
     last_full_t: float = 0.0
     last_nmt_t: float = 0.0
-    history: deque[tuple[float, tuple[int, ...]]] = field(default_factory=deque)
     growth: dict[str, LeakVerdict] = field(default_factory=dict)
     memcg: str | None = None  # path of the memory cgroup
     dead_at: float | None = None
@@ -89,33 +90,16 @@ class _Proc:
     attach_failures: int = 0  # consecutive JVM attaches that failed (timed out, refused)
     attach_retry_at: float = 0.0  # until then the JVM gets the passive view: no signal, no wait
 
+    @property
+    def key(self) -> str:
+        return process_key(self.pid, self.start)
+
 
 @dataclass(slots=True)
 class _Container:
     id: str
     info: ContainerInfo | None
-    history: deque[tuple[float, tuple[int, ...]]] = field(default_factory=deque)
     last_seen: float = 0.0
-
-
-def _category_tuple(cats: dict[str, int]) -> tuple[int, ...]:
-    return tuple(int(cats.get(c, 0)) for c in CATEGORIES)
-
-
-def _growth(history: Iterable[tuple[float, tuple[int, ...]]], cfg: AgentConfig) -> dict[str, LeakVerdict]:
-    points = list(history)
-    ts = [t for t, _ in points]
-    out: dict[str, LeakVerdict] = {}
-    for i, cat in enumerate(CATEGORIES):
-        fit = fit_floor(ts, [v[i] for _, v in points], window_s=cfg.window_s)
-        out[cat] = leak_verdict(fit, min_slope_bytes_per_second=cfg.min_leak_slope_bytes_per_second,
-                                min_window_s=cfg.leak_window_s, min_fit=cfg.min_leak_fit)
-    return out
-
-
-def _trim(history: deque[tuple[float, tuple[int, ...]]], now: float, keep_s: float) -> None:
-    while history and history[0][0] < now - keep_s:
-        history.popleft()
 
 
 class Agent:
@@ -129,6 +113,9 @@ class Agent:
         self.procs: dict[int, _Proc] = {}
         self.dead: dict[tuple[int, int], _Proc] = {}
         self.containers: dict[str, _Container] = {}
+        # The analyze stage (history, growth, container totals): the same one top and soak use. Points
+        # are kept per full breakdown (every full_interval_s, every scan while a process moves).
+        self.tracker = Tracker(cfg.policy, max_points=int(cfg.window_s / cfg.interval_s) + 16)
         self.errors: Counter[str] = Counter()
         # Pids that vanished between being listed and being read: the normal race of a busy node,
         # counted per stage, never logged as errors.
@@ -312,8 +299,7 @@ class Agent:
         self._persist(now, containers)
         for key in [k for k, p in self.dead.items() if p.dead_at is not None
                     and now - p.dead_at > cfg.dead_grace_s]:
-            self.dead.pop(key)
-            self._claimed.discard(key)
+            self._drop_dead(key)
         known = set(self.procs) | {pid for pid, _ in self.dead}
         for pid in [p for p in list(self.sites) if p not in known]:  # list(): the capture thread adds
             del self.sites[pid]
@@ -330,24 +316,30 @@ class Agent:
     def _bury(self, rec: _Proc, now: float) -> None:
         rec.dead_at = now
         if rec.last is None:
+            self.tracker.forget([rec.key])
             return
         self.dead[(rec.pid, rec.start)] = rec
         if len(self.dead) > self.cfg.dead_max:
             # The OOM killer picks the largest process: the smallest dead record is the least likely
             # victim of a late kill event, and the one to let go.
-            key = min(self.dead, key=lambda k: self.dead[k].rss_bytes)
-            self.dead.pop(key)
-            self._claimed.discard(key)
+            self._drop_dead(min(self.dead, key=lambda k: self.dead[k].rss_bytes))
+
+    def _drop_dead(self, key: tuple[int, int]) -> None:
+        rec = self.dead.pop(key)
+        self._claimed.discard(key)
+        self.tracker.forget([rec.key])
 
     def _due(self, rec: _Proc, now: float) -> bool:
         if rec.kernel_thread or rec.state in ("Z", "X"):
             return False
-        if (rec.last is not None and rec.last.runtime == "jvm" and "jvm" not in self.degraded
+        if (rec.last is not None and runtime_named(rec.last.runtime).needs_attach and "jvm" not in self.degraded
                 and now >= rec.attach_retry_at):
             # Even when tracked: an attach per scan is not cheap, and a breakdown without NMT would
             # move bytes between categories from one scan to the next.
             return now - rec.last_nmt_t >= self.cfg.nmt_interval_s
         if rec.pid in self.cfg.track:
+            return True
+        if rec.last is not None and abs(rec.rss_bytes - rec.last.rss_bytes) >= self.cfg.moving_bytes:
             return True
         return now - rec.last_full_t >= self.cfg.full_interval_s
 
@@ -365,7 +357,7 @@ class Agent:
                     self.deferred_total += 1
                     continue
                 untracked_done += 1
-            jvm = ("jvm" not in self.degraded and (rec.last is None or rec.last.runtime == "jvm")
+            jvm = ("jvm" not in self.degraded and (rec.last is None or runtime_named(rec.last.runtime).needs_attach)
                    and now >= rec.attach_retry_at)
             try:
                 try:
@@ -393,7 +385,7 @@ class Agent:
                 rec.last_full_t = now
                 continue
             rec.last, rec.last_full_t = bd, now
-            if bd.runtime == "jvm" and jvm:
+            if runtime_named(bd.runtime).needs_attach and jvm:
                 rec.last_nmt_t = now
                 self._attach_outcome(rec, bd, now)
             if rec.memcg is None:
@@ -401,9 +393,8 @@ class Agent:
                     rec.memcg = self.sampler.memory_cgroup(rec.pid)
                 except (ProcessGone, AccessDenied, OSError):
                     rec.memcg = None
-            rec.history.append((now, _category_tuple(bd.categories)))
-            _trim(rec.history, now, cfg.window_s)
-            rec.growth = _growth(rec.history, cfg)
+            self.tracker.observe(rec.key, now, bd.rss_bytes, bd.categories)
+            rec.growth = self.tracker.category_growth(rec.key)
             if bd.extra.get("top_sites"):
                 self.sites[rec.pid] = list(bd.extra["top_sites"])[: cfg.top_sites]
 
@@ -465,8 +456,8 @@ class Agent:
     def _post_mortem(self, ev: OomEvent, now: float) -> None:
         rec = self._find_record(ev.pid)
         bd = rec.last if rec else None
-        history = list(rec.history) if rec else []
-        hist_dicts = [dict(zip(CATEGORIES, v, strict=True)) for _, v in history]
+        times, series = self.tracker.series(rec.key) if rec else ([], {})
+        hist_dicts = [{c: series[c][i] for c in CATEGORIES} for i in range(len(times))]
         dominant = dominant_category(hist_dicts, bd.categories if bd else None) or "unknown"
         labels = self.labels(bd.container if bd else None)
         self.oom_kills[(*labels.values(), dominant)] += 1
@@ -487,12 +478,12 @@ class Agent:
             "cgroup_memory": memcg.to_json() if memcg else None,
             "dominant_category": dominant,
             "last_breakdown": bd.to_json() if bd else None,
-            "history": {"window_s": self.cfg.window_s, "times": [t for t, _ in history],
-                        "categories": {c: [v[i] for _, v in history] for i, c in enumerate(CATEGORIES)}},
+            "history": {"window_s": self.cfg.window_s, "times": times,
+                        "categories": {c: series.get(c, []) for c in CATEGORIES}},
             "growth": {c: v.to_json() for c, v in (rec.growth if rec else {}).items()},
             "top_stacks": ([s.to_json() for s in self.faults.top(ev.pid, 10)]
                            if self.faults is not None and ev.pid is not None else None),
-            "nmt": bd.nmt if bd else None,
+            "nmt": bd.runtime_details.get("nmt") if bd else None,
             "native_sites": self.sites.get(ev.pid) if ev.pid is not None else None,
             "degraded": dict(self.degraded),
         }
@@ -564,40 +555,37 @@ class Agent:
 
     # --- containers --------------------------------------------------------------------------------
     def _containers(self, now: float) -> list[ContainerView]:
-        groups: dict[str, list[_Proc]] = {}
+        members: list[Breakdown] = []
+        memcg_of: dict[str, str] = {}
         for rec in self.procs.values():
             if rec.last is not None and rec.last.container is not None:
-                groups.setdefault(rec.last.container.id, []).append(rec)
+                members.append(rec.last)
+                if rec.memcg is not None:
+                    memcg_of.setdefault(rec.last.container.id, rec.memcg)
+
+        def memory(info: ContainerInfo) -> ContainerMemoryFacts | None:
+            path = memcg_of.get(info.id)
+            mem = self._read_memcg(path) if path else None
+            return memory_facts(mem) if mem is not None else None
+
         views: list[ContainerView] = []
-        for cid, members in groups.items():
-            c = self.containers.get(cid)
+        for summary in self.tracker.containers(members, now, memory, include_host=False):
+            c = self.containers.get(summary.id)
             if c is None:
-                c = self.containers[cid] = _Container(cid, members[0].last.container if members[0].last else None)
+                c = self.containers[summary.id] = _Container(summary.id, summary.info)
             c.last_seen = now
-            totals = [0] * len(CATEGORIES)
-            for r in members:
-                for i, v in enumerate(_category_tuple(r.last.categories if r.last else {})):
-                    totals[i] += v
-            c.history.append((now, tuple(totals)))
-            _trim(c.history, now, self.cfg.window_s)
-            growth = _growth(c.history, self.cfg)
-            ts = [t for t, _ in c.history]
-            total_fit = fit_floor(ts, [sum(v) for _, v in c.history], window_s=self.cfg.window_s)
-            cg = next((r.memcg for r in members if r.memcg is not None), None)
-            memcg = self._read_memcg(cg) if cg else None
-            usage = memcg.working_set_bytes if memcg and memcg.working_set_bytes is not None else sum(totals)
-            limit = (memcg.effective_limit_bytes or memcg.limit_bytes) if memcg else None
-            eta = oom_eta_s(usage, limit, total_fit.bytes_per_second)
+            facts = summary.memory
             views.append(ContainerView(
-                id=cid, info=c.info, labels=self.labels(c.info), categories=dict(zip(CATEGORIES, totals,
-                                                                                          strict=True)),
-                growth=growth, pids=tuple(sorted(r.pid for r in members)),
-                usage_bytes=memcg.usage_bytes if memcg else None,
-                working_set_bytes=memcg.working_set_bytes if memcg else None,
-                limit_bytes=limit,
-                total_growth_bytes_per_second=total_fit.bytes_per_second, oom_eta_s=eta))
+                id=summary.id, info=c.info, labels=self.labels(c.info), categories=summary.categories,
+                growth=summary.growth, pids=tuple(sorted(b.pid for b in summary.members)),
+                usage_bytes=facts.usage_bytes if facts else None,
+                working_set_bytes=facts.working_set_bytes if facts else None,
+                limit_bytes=facts.limit_bytes if facts else None,
+                total_growth_bytes_per_second=summary.total_growth.bytes_per_second,
+                oom_eta_s=summary.oom_eta_s))
         for cid in [k for k, c in self.containers.items() if now - c.last_seen > self.cfg.dead_grace_s]:
             del self.containers[cid]
+            self.tracker.forget([container_key(cid)])
         return views
 
     # --- auto-capture ------------------------------------------------------------------------------

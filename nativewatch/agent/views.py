@@ -10,6 +10,7 @@ from typing import Any
 
 from nativewatch.growth import LeakVerdict
 from nativewatch.model import CATEGORIES, Breakdown, ContainerInfo
+from nativewatch.tracker import growth_json
 
 __all__ = ["ContainerLabels", "ProcessView", "ContainerView", "AgentView", "growth_json"]
 
@@ -25,18 +26,6 @@ class ContainerLabels:
         return [self.namespace, self.pod, self.container, self.container_id]
 
     NAMES = ("namespace", "pod", "container", "container_id")
-
-
-def growth_json(growth: dict[str, LeakVerdict]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for cat in CATEGORIES:
-        v = growth.get(cat)
-        if v is None:
-            out[cat] = {"bytes_per_second": 0.0, "leak": False, "reason": "no history yet"}
-        else:
-            out[cat] = {"bytes_per_second": v.fit.bytes_per_second, "leak": v.leak, "fit": v.fit.fit,
-                        "window_s": v.fit.window_s, "samples": v.fit.samples, "reason": v.reason}
-    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,240 @@
+"""The analyze stage, once for every front end: history per process and per container, growth under one
+`GrowthPolicy`, per-container totals with their limit and OOM ETA.
+
+The agent, `top` (live and `--once`), `soak` and `explain` all feed breakdowns into a `Tracker` and read
+verdicts back, so they never disagree about the same process. Pure (no clock, no I/O): the caller passes
+times and, for containers, a function that reads a container's memory cgroup.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from nativewatch.growth import NO_GROWTH, GrowthPolicy, LeakVerdict, assess, oom_eta_s
+from nativewatch.model import CATEGORIES, Breakdown, ContainerInfo
+
+__all__ = [
+    "HOST", "ContainerMemoryFacts", "ContainerSummary", "SeriesHistory", "Tracker", "container_key",
+    "container_totals", "growth_json", "memory_facts", "process_key", "verdict_json",
+]
+
+HOST = "host"
+"""The group of processes outside any container (`top` shows it; the agent exports containers only)."""
+
+SERIES: tuple[str, ...] = ("rss", *CATEGORIES)
+
+
+def process_key(pid: int, start: int = 0) -> str:
+    """History key of one process: a pid reused by a new process (another start time) is a new series."""
+    return f"pid:{pid}:{start}"
+
+
+def container_key(cid: str) -> str:
+    return f"ctr:{cid}"
+
+
+def verdict_json(v: LeakVerdict) -> dict[str, Any]:
+    """The growth object of one category, the same in the agent's API, `top --json` and `soak --json`."""
+    return {"bytes_per_second": v.bytes_per_second, "leak": v.leak, "fit": v.fit.fit, "window_s": v.window_s,
+            "samples": v.fit.samples, "tier": v.tier, "reason": v.reason}
+
+
+def growth_json(growth: Mapping[str, LeakVerdict]) -> dict[str, dict[str, Any]]:
+    """The `growth` object of a process or container: every category, "no history yet" where none."""
+    return {c: verdict_json(growth[c]) if c in growth else
+            {"bytes_per_second": 0.0, "leak": False, "reason": "no history yet"} for c in CATEGORIES}
+
+
+class SeriesHistory:
+    """Per key: timestamps and the rss + per-category bytes, bounded in points and in age.
+
+    Machine arrays (8 bytes a value, not a Python int each): 1,000 processes x 11 series x 300 points
+    measured 31.8 MB, against 89.8 MB in deques of ints. Trimming happens in chunks so appends stay O(1)
+    amortised. Points closer than ``min_spacing_s`` to the previous one are not kept: a refresh every 2 s
+    would otherwise need five times the memory for the same window, and growth over minutes does not need
+    them.
+    """
+
+    def __init__(self, max_points: int = 400, max_age_s: float = 3600.0, min_spacing_s: float = 0.0) -> None:
+        self.max_points = max_points
+        self.max_age_s = max_age_s
+        self.min_spacing_s = min_spacing_s
+        self._slack = max(1, max_points // 4)
+        self._t: dict[str, array[float]] = {}
+        self._v: dict[str, dict[str, array[int]]] = {}
+
+    def add(self, key: str, t: float, rss: int, categories: Mapping[str, int]) -> bool:
+        """Record one sample; False when it was not kept (older than the last one, or too close to it)."""
+        ts = self._t.get(key)
+        if ts is None:
+            ts = self._t[key] = array("d")
+            self._v[key] = {c: array("q") for c in SERIES}
+        if ts and t - ts[-1] < max(self.min_spacing_s, 1e-9):
+            return False
+        vs = self._v[key]
+        ts.append(t)
+        vs["rss"].append(int(rss))
+        for c in CATEGORIES:
+            vs[c].append(int(categories.get(c, 0)))
+        drop = len(ts) - self.max_points if len(ts) >= self.max_points + self._slack else 0
+        if ts[-1] - ts[0] > self.max_age_s:
+            drop = max(drop, bisect_left(ts, ts[-1] - self.max_age_s))
+        if drop > 0:
+            del ts[:drop]
+            for d in vs.values():
+                del d[:drop]
+        return True
+
+    def times(self, key: str) -> Sequence[float]:
+        ts = self._t.get(key)
+        return ts[-self.max_points:] if ts is not None else ()
+
+    def values(self, key: str, series: str) -> Sequence[int]:
+        v = self._v.get(key)
+        return v[series][-self.max_points:] if v is not None else ()
+
+    def forget(self, keys: Iterable[str]) -> None:
+        for k in keys:
+            self._t.pop(k, None)
+            self._v.pop(k, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._t))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._t
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerMemoryFacts:
+    """What the memory cgroup says; ``limit_bytes`` is the smallest limit of the cgroup and its ancestors
+    (the one the OOM killer enforces), else its own."""
+
+    usage_bytes: int | None
+    working_set_bytes: int | None
+    limit_bytes: int | None
+
+
+def memory_facts(mem: Any) -> ContainerMemoryFacts:
+    """From a `CgroupMemory`: the one place that decides which limit counts."""
+    limit = getattr(mem, "effective_limit_bytes", None) or getattr(mem, "limit_bytes", None)
+    return ContainerMemoryFacts(getattr(mem, "usage_bytes", None), getattr(mem, "working_set_bytes", None), limit)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSummary:
+    id: str  # container id, or HOST
+    info: ContainerInfo | None
+    members: tuple[Breakdown, ...]
+    categories: dict[str, int]
+    growth: dict[str, LeakVerdict]
+    total_growth: LeakVerdict  # of the sum of the categories
+    memory: ContainerMemoryFacts | None
+    oom_eta_s: float | None
+
+    @property
+    def rss_bytes(self) -> int:
+        return sum(self.categories.values())
+
+
+def container_totals(bds: Iterable[Breakdown]) -> dict[str, tuple[list[Breakdown], dict[str, int]]]:
+    """Members and summed categories per container id (processes outside containers under HOST)."""
+    groups: dict[str, tuple[list[Breakdown], dict[str, int]]] = {}
+    for b in bds:
+        cid = b.container.id if b.container else HOST
+        members, cats = groups.setdefault(cid, ([], dict.fromkeys(CATEGORIES, 0)))
+        members.append(b)
+        for c in CATEGORIES:
+            cats[c] += b.categories.get(c, 0)
+    return groups
+
+
+class Tracker:
+    """History and growth of processes and containers under one policy.
+
+    Growth is computed when asked for and kept until the key gets a new sample: the agent asks for a
+    process after each of its samples, `top` for every row on each refresh.
+    """
+
+    def __init__(self, policy: GrowthPolicy | None = None, *, max_points: int | None = None,
+                 min_spacing_s: float = 0.0) -> None:
+        self.policy = policy or GrowthPolicy()
+        points = max_points or 400
+        self.history = SeriesHistory(max_points=points, max_age_s=self.policy.window_s,
+                                     min_spacing_s=min_spacing_s)
+        self._growth: dict[str, dict[str, LeakVerdict]] = {}
+
+    # --- recording -------------------------------------------------------------------------------
+    def observe(self, key: str, t: float, rss: int, categories: Mapping[str, int]) -> bool:
+        kept = self.history.add(key, t, rss, categories)
+        if kept:
+            self._growth.pop(key, None)
+        return kept
+
+    def observe_breakdown(self, b: Breakdown, t: float | None = None, start: int = 0) -> str:
+        """Record one breakdown; ``start`` (the process start time, when the caller has it) keeps a reused
+        pid's history apart."""
+        key = process_key(b.pid, start)
+        self.observe(key, b.timestamp if t is None else t, b.rss_bytes, b.categories)
+        return key
+
+    def forget(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        self.history.forget(keys)
+        for k in keys:
+            self._growth.pop(k, None)
+
+    def keep_only(self, keys: Iterable[str]) -> None:
+        live = set(keys)
+        self.forget([k for k in self.history if k not in live])
+
+    # --- reading ---------------------------------------------------------------------------------
+    def growth(self, key: str) -> dict[str, LeakVerdict]:
+        """Verdict per category (and "rss", the total) of one key; every key of CATEGORIES is present."""
+        cached = self._growth.get(key)
+        if cached is not None:
+            return cached
+        ts = self.history.times(key)
+        if not ts:
+            out = dict.fromkeys(SERIES, NO_GROWTH)
+        else:
+            out = {s: assess(ts, self.history.values(key, s), self.policy) for s in SERIES}
+        self._growth[key] = out
+        return out
+
+    def category_growth(self, key: str) -> dict[str, LeakVerdict]:
+        g = self.growth(key)
+        return {c: g[c] for c in CATEGORIES}
+
+    def series(self, key: str) -> tuple[list[float], dict[str, list[int]]]:
+        return list(self.history.times(key)), {s: list(self.history.values(key, s)) for s in SERIES}
+
+    def containers(self, bds: Iterable[Breakdown], t: float,
+                   memory: Callable[[ContainerInfo], ContainerMemoryFacts | None] | None = None,
+                   *, include_host: bool = True) -> list[ContainerSummary]:
+        """Record this scan's per-container totals and summarise each container (members, growth, limit,
+        OOM ETA). ``memory`` reads a container's cgroup (None when it cannot)."""
+        out: list[ContainerSummary] = []
+        for cid, (members, cats) in container_totals(bds).items():
+            if cid == HOST and not include_host:
+                continue
+            key = container_key(cid)
+            self.observe(key, t, sum(cats.values()), cats)
+            g = self.growth(key)
+            info = members[0].container
+            facts = memory(info) if memory is not None and info is not None else None
+            eta = None
+            if facts is not None and facts.limit_bytes:
+                usage = facts.working_set_bytes if facts.working_set_bytes is not None else sum(cats.values())
+                eta = oom_eta_s(usage, facts.limit_bytes, g["rss"].bytes_per_second)
+            out.append(ContainerSummary(cid, info, tuple(members), dict(cats), {c: g[c] for c in CATEGORIES},
+                                        g["rss"], facts, eta if eta is None or math.isfinite(eta) else None))
+        return out
