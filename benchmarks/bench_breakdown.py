@@ -24,8 +24,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from nativewatch import procfs  # noqa: E402
 from nativewatch.scan import is_kernel_thread, scan_all  # noqa: E402
+from nativewatch.sources import procfs  # noqa: E402
 
 
 def raw_read(pids: list[int]) -> int:

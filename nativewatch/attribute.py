@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from nativewatch.model import CATEGORIES, MemoryDetail
-from nativewatch.procfs import SPECIAL_NAMES, Mapping
+from nativewatch.sources.procfs import SPECIAL_NAMES, Mapping
 
 __all__ = [
     "Attribution", "MappingShare", "attribute_process", "detect_runtime", "detect_allocator",

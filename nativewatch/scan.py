@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from collections import Counter
 
-from nativewatch import procfs
 from nativewatch.errors import AccessDenied, ProcessGone
 from nativewatch.model import Breakdown
 from nativewatch.snapshot import take_snapshot
+from nativewatch.sources import procfs
 
 __all__ = ["scan_all", "is_kernel_thread"]
 

@@ -11,12 +11,12 @@ import struct
 import time
 from dataclasses import dataclass
 
-from nativewatch import procfs
 from nativewatch.attribute import GLIBC_HEAP_MAX, Attribution, attribute_process
-from nativewatch.cgroup import container_identity, parse_proc_cgroup
 from nativewatch.errors import AccessDenied
 from nativewatch.gobin import is_go_exe
 from nativewatch.model import Breakdown, ContainerInfo
+from nativewatch.sources import procfs
+from nativewatch.sources.cgroup import container_identity, parse_proc_cgroup
 
 __all__ = ["take_snapshot", "ProcessFacts", "gather_facts", "shmem_devices", "parse_mountinfo_shmem"]
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import SAMPLES
 
 from nativewatch.attribute import attribute_process
-from nativewatch.procfs import parse_rollup, parse_smaps
+from nativewatch.sources.procfs import parse_rollup, parse_smaps
 
 NATIVE = SAMPLES / "native"
 GO = SAMPLES / "go"

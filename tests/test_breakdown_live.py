@@ -123,9 +123,9 @@ def test_go_heap_arenas_match_memstats_and_cgo_malloc_is_native(go_program, nati
 
 
 def test_every_process_sums_exactly_to_smaps_rss():
-    from nativewatch import procfs
     from nativewatch.errors import AccessDenied, ProcessGone
     from nativewatch.snapshot import gather_facts
+    from nativewatch.sources import procfs
 
     checked = 0
     for pid in procfs.list_pids():

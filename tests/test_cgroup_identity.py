@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nativewatch.cgroup import (
+from nativewatch.sources.cgroup import (
     CgroupMembership,
     container_identity,
     parse_proc_cgroup,

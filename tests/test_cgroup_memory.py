@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nativewatch.cgroup import (
+from nativewatch.errors import SourceUnavailable
+from nativewatch.model import ContainerInfo
+from nativewatch.sources.cgroup import (
     CgroupGone,
     CgroupMembership,
     cgroup_version_info,
@@ -21,8 +23,6 @@ from nativewatch.cgroup import (
     parse_single_value,
     read_container_memory,
 )
-from nativewatch.errors import SourceUnavailable
-from nativewatch.model import ContainerInfo
 
 ROOTS = Path(__file__).resolve().parent / "fixtures" / "cgroup" / "roots"
 MiB = 1 << 20

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from conftest import build_c
 
-from nativewatch.cgroup import (
+from nativewatch.sources.cgroup import (
     CgroupGone,
     CgroupMembership,
     cgroup_version_info,

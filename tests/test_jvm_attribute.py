@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nativewatch import procfs
 from nativewatch.attribute import attribute_process
 from nativewatch.jvm import attribute as ja
 from nativewatch.jvm import nmt
 from nativewatch.model import CATEGORIES
+from nativewatch.sources import procfs
 from tests.conftest import SAMPLES
 
 VERSIONS = (11, 17, 21, 25)

@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
-from nativewatch import procfs
 from nativewatch.jvm import attach, hsperf, paths, verify
+from nativewatch.sources import procfs
 from tests.conftest import SAMPLES
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (credential switching, chown)")

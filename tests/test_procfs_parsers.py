@@ -12,14 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nativewatch.attribute import attribute_process
-from nativewatch.procfs import (
+from nativewatch.snapshot import parse_mountinfo_shmem
+from nativewatch.sources.procfs import (
     parse_maps,
     parse_rollup,
     parse_smaps,
     parse_status,
     parse_thread_syscall,
 )
-from nativewatch.snapshot import parse_mountinfo_shmem
 
 SMAPS = b"""55ac0d22a000-55ac0d43a000 rw-p 00000000 00:00 0                          [heap]
 Size:               2112 kB
@@ -154,7 +154,7 @@ def test_parsers_never_raise_on_raw_bytes(data):
 
 
 def test_fast_and_line_parsers_agree_on_every_sample():
-    from nativewatch.procfs import _parse_smaps_lines
+    from nativewatch.sources.procfs import _parse_smaps_lines
 
     def key(r):
         return [(m.start, m.end, m.perms, m.offset, m.dev, m.inode, m.path, dict(m.fields), m.vmflags)
@@ -172,7 +172,7 @@ def test_fast_and_line_parsers_agree_on_every_sample():
                                  b"THPeligible:    0", b"VmFlags: rd wr", b"1000-2000 rw-p 0 00:00 0 ",
                                  b"3000-4000 r--p 0 fe:00 9 /lib/a.so", b"Bogus line"]), max_size=40))
 def test_fast_path_equals_line_parser_on_kernel_shaped_fragments(lines):
-    from nativewatch.procfs import _parse_smaps_lines
+    from nativewatch.sources.procfs import _parse_smaps_lines
 
     data = b"\n".join(lines) + b"\n"
     fast, slow = parse_smaps(data), _parse_smaps_lines(data)

@@ -22,7 +22,7 @@ import pytest
 from conftest import build_c
 from test_tui import SIZE, make_app, screen_lines, table_rows, type_search, wait_for
 
-from nativewatch.cgroup import read_container_memory
+from nativewatch.sources.cgroup import read_container_memory
 
 MIB = 1024 * 1024
 LIMIT = 1024 * MIB

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from nativewatch import procfs
+from nativewatch.sources import procfs
 
 __all__ = ["ProcStat", "parse_stat", "read_stat", "PF_KTHREAD"]
 

@@ -39,7 +39,7 @@ from nativewatch.attribute import Attribution, MappingShare
 from nativewatch.errors import AccessDenied, NativewatchError, ProcessGone
 from nativewatch.jvm import attach, hsperf, nmt
 from nativewatch.model import CATEGORIES
-from nativewatch.procfs import Mapping
+from nativewatch.sources.procfs import Mapping
 
 __all__ = ["JvmAttribution", "attribute_jvm", "refine", "design_category", "apportion", "split_by_regions",
            "find_reservation", "nmt_baseline", "nmt_diff", "fetch_nmt", "NmtFetch"]

@@ -17,7 +17,7 @@ import platform
 import struct
 from dataclasses import dataclass
 
-from nativewatch import procfs
+from nativewatch.sources import procfs
 
 __all__ = ["TargetIds", "target_ids", "open_target_root", "open_in_root", "open_target_tmp", "parse_stat_starttime"]
 

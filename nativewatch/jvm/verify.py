@@ -16,8 +16,8 @@ import signal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from nativewatch import procfs
 from nativewatch.errors import AccessDenied
+from nativewatch.sources import procfs
 
 __all__ = ["JvmCheck", "check_hotspot", "check_hotspot_facts", "attach_disabled_by_args", "sigquit_caught",
            "find_libjvm", "JVM_OPTION_ENV"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from nativewatch.errors import SourceUnavailable
 from nativewatch.malloc_profile.elfimage import ElfImage, image_for_fd
-from nativewatch.procfs import Mapping, read_maps
+from nativewatch.sources.procfs import Mapping, read_maps
 
 __all__ = ["ProbePoint", "ProbePlan", "resolve", "probe_offset", "ALLOC_FUNCS", "FREE_FUNCS"]
 

@@ -17,7 +17,7 @@ from nativewatch.malloc_profile.resolve import resolve
 from nativewatch.malloc_profile.result import ProfileResult, Site, sort_sites
 from nativewatch.malloc_profile.state import remove_state, write_state
 from nativewatch.malloc_profile.symbolize import Symbolizer
-from nativewatch.procfs import read_status
+from nativewatch.sources.procfs import read_status
 
 __all__ = ["run_profile", "DEFAULT_INTERVAL"]
 

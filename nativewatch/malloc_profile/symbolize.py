@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from nativewatch import cachestats
 from nativewatch.errors import ProcessGone
 from nativewatch.malloc_profile.elfimage import ElfImage, image_for_fd
-from nativewatch.procfs import read_maps, read_status
+from nativewatch.sources.procfs import read_maps, read_status
 
 __all__ = ["Symbolizer", "demangle", "open_in_root", "parse_perf_map"]
 

@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nativewatch.cgroup import CgroupMemory
 from nativewatch.sources.bpf import load_bpf, program_text
+from nativewatch.sources.cgroup import CgroupMemory
 
 __all__ = ["OomEvent", "BpfOomWatcher", "CgroupOomWatcher"]
 

@@ -41,7 +41,7 @@ class Frame:
 
 def _read_limit(info: ContainerInfo) -> ContainerLimit | None:
     try:
-        from nativewatch.cgroup_memory import read_container_memory
+        from nativewatch.sources.cgroup_memory import read_container_memory
     except ImportError:
         return None
     try:

@@ -5,7 +5,7 @@ The work is split in two modules with one job each; this module is the public fa
 
 from __future__ import annotations
 
-from nativewatch.cgroup_identity import (
+from nativewatch.sources.cgroup_identity import (
     CgroupMembership,
     container_identity,
     parse_proc_cgroup,
@@ -13,7 +13,7 @@ from nativewatch.cgroup_identity import (
     read_proc_cgroup,
     runtime_hint_from_sockets,
 )
-from nativewatch.cgroup_memory import (
+from nativewatch.sources.cgroup_memory import (
     V1_UNLIMITED_THRESHOLD,
     CgroupGone,
     CgroupMemory,

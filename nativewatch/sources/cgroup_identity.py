@@ -215,7 +215,7 @@ def container_identity(membership: CgroupMembership, *, runtime_hint: str | None
 
 def read_proc_cgroup(pid: int, proc_root: str = "/proc") -> CgroupMembership:
     """Read and parse /proc/PID/cgroup (ProcessGone / AccessDenied from procfs' reader)."""
-    from nativewatch import procfs
+    from nativewatch.sources import procfs
 
     return parse_proc_cgroup(procfs.read_file(pid, "cgroup", proc_root).decode("utf-8", "replace"))
 

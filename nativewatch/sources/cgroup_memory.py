@@ -23,9 +23,9 @@ import glob
 import os
 from dataclasses import dataclass, field
 
-from nativewatch.cgroup_identity import CgroupMembership, path_components, read_proc_cgroup
 from nativewatch.errors import NativewatchError, SourceUnavailable
 from nativewatch.model import ContainerInfo
+from nativewatch.sources.cgroup_identity import CgroupMembership, path_components, read_proc_cgroup
 
 __all__ = [
     "CgroupGone", "CgroupMemory", "CgroupVersionInfo", "KeyedValues", "MemoryCgroupLocation",
