@@ -30,11 +30,11 @@ from nativewatch.agent.evidence import (
 )
 from nativewatch.agent.exporter import SOURCES, AgentCollector, make_registry
 from nativewatch.agent.http import check_basic_auth, serve
-from nativewatch.agent.procstat import parse_stat
 from nativewatch.agent.store import HistoryStore
 from nativewatch.agent.views import AgentView, ContainerLabels, ProcessView
 from nativewatch.growth import fit_floor, leak_verdict
 from nativewatch.model import CATEGORIES, Breakdown, ContainerInfo, empty_categories
+from nativewatch.sources.procstat import parse_stat
 
 MIB = 1 << 20
 

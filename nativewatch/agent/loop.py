@@ -26,7 +26,6 @@ from typing import Any, Protocol
 from nativewatch import cachestats
 from nativewatch.agent.config import AgentConfig
 from nativewatch.agent.evidence import dominant_category, evidence_id, write_evidence
-from nativewatch.agent.procstat import ProcStat, read_stat
 from nativewatch.agent.store import HistoryStore, open_store
 from nativewatch.agent.views import AgentView, ContainerLabels, ContainerView, ProcessView
 from nativewatch.errors import AccessDenied, ProcessGone, SourceUnavailable
@@ -36,6 +35,7 @@ from nativewatch.runtimes.registry import runtime_named
 from nativewatch.sources import procfs
 from nativewatch.sources.cgroup import CgroupGone, CgroupMemory, read_container_memory, read_proc_cgroup
 from nativewatch.sources.oom import BpfOomWatcher, CgroupOomWatcher, OomEvent
+from nativewatch.sources.procstat import ProcStat, read_stat
 from nativewatch.tracker import ContainerMemoryFacts, Tracker, container_key, memory_facts, process_key
 
 __all__ = ["Agent", "Sampler", "ProcfsSampler"]

@@ -18,6 +18,7 @@ import struct
 from dataclasses import dataclass
 
 from nativewatch.sources import procfs
+from nativewatch.sources.procstat import parse_stat_starttime
 
 __all__ = ["TargetIds", "target_ids", "open_target_root", "open_in_root", "open_target_tmp", "parse_stat_starttime"]
 
@@ -34,15 +35,6 @@ class TargetIds:
     euid: int
     egid: int
     starttime: int  # clock ticks since boot; tells a reused pid apart
-
-
-def parse_stat_starttime(data: bytes) -> int:
-    # comm may hold spaces and parentheses: fields start after the last ')'.
-    rest = data[data.rfind(b")") + 1:].split()
-    try:
-        return int(rest[19])
-    except (IndexError, ValueError):
-        return 0
 
 
 def target_ids(pid: int, proc_root: str = "/proc", status: procfs.Status | None = None) -> TargetIds:

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from nativewatch.sources.procstat import read_start_time
+
 __all__ = ["state_dir", "state_path", "write_state", "remove_state", "running_top_sites"]
 
 
@@ -27,25 +29,12 @@ def state_path(pid: int, directory: Path | None = None) -> Path:
     return (directory or state_dir()) / f"profile-{int(pid)}.json"
 
 
-def _start_time(pid: int, proc_root: str = "/proc") -> int | None:
-    try:
-        data = Path(f"{proc_root}/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    # comm may contain spaces and parentheses: fields start after the last ')'
-    rest = data[data.rfind(b")") + 2:].split()
-    try:
-        return int(rest[19])  # field 22, starttime
-    except (IndexError, ValueError):
-        return None
-
-
 def write_state(pid: int, top_sites: list[dict[str, Any]], *, started: float, mode: str,
                 interval_bytes: int, directory: Path | None = None) -> Path:
     path = state_path(pid, directory)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     me = os.getpid()
-    doc = {"target_pid": pid, "writer_pid": me, "writer_start_time": _start_time(me), "started": started,
+    doc = {"target_pid": pid, "writer_pid": me, "writer_start_time": read_start_time(me), "started": started,
            "mode": mode, "sampling_interval_bytes": interval_bytes, "top_sites": top_sites}
     tmp = path.with_name(f".{path.name}.{me}.tmp")
     tmp.write_text(json.dumps(doc))
@@ -74,7 +63,7 @@ def running_top_sites(pid: int, n: int = 10, *, directory: Path | None = None) -
     writer = doc.get("writer_pid")
     if not isinstance(writer, int) or writer <= 0:
         return None
-    started = _start_time(writer)
+    started = read_start_time(writer)
     if started is None or started != doc.get("writer_start_time"):
         return None
     sites = doc.get("top_sites")
