@@ -1,12 +1,13 @@
-"""Attribution for native and Go processes: every resident byte of smaps into exactly one category.
+"""The runtime-neutral attribution: every resident byte of smaps into exactly one category.
 
 Pure functions over parsed mappings plus a few facts gathered at the edges (thread stack pointers, which
-devices are tmpfs, whether a 64 MiB region really is a glibc heap). The JVM module refines the result
-for JVMs; everything here is the view that needs no runtime cooperation.
+devices are tmpfs, whether a 64 MiB region really is a glibc heap). Runtimes (nativewatch.runtimes)
+refine the result afterwards (the JVM from NMT); a runtime whose heap shows in the address layout alone
+(Go's arenas) hands a `ManagedHeap` in, because its heap must be known before thread stacks are placed.
 
 Rules, per mapping (each mapping's Rss is split so the categories sum exactly to smaps Rss):
 - `[stack]` and every mapping that contains a thread's stack pointer -> `thread`;
-- Go heap arenas (64 MiB-aligned arena blocks, fully reserved by the runtime) -> `heap`;
+- the mappings a `ManagedHeap` claims (Go arenas) -> `heap`;
 - `[heap]`, glibc secondary heaps and any other private anonymous memory -> `native`;
 - shared memory (tmpfs/devtmpfs-less shm, /dev/shm, memfd, SysV, shared anonymous) -> `shmem`;
 - file-backed pages -> `file`; copy-on-write (Anonymous) pages inside a private file or tmpfs mapping
@@ -18,21 +19,37 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from nativewatch.model import CATEGORIES, MemoryDetail
 from nativewatch.sources.procfs import SPECIAL_NAMES, Mapping
 
 __all__ = [
-    "Attribution", "MappingShare", "attribute_process", "detect_runtime", "detect_allocator",
-    "GLIBC_HEAP_MAX", "GO_ARENA_BYTES",
+    "Attribution", "MappingShare", "ManagedHeap", "attribute_process", "detect_allocator", "is_private_anon",
+    "GLIBC_HEAP_MAX",
 ]
 
 # glibc: HEAP_MAX_SIZE = 2 * DEFAULT_MMAP_THRESHOLD_MAX = 64 MiB on 64-bit; heaps are aligned to it.
 GLIBC_HEAP_MAX = 64 << 20
-# Go: heapArenaBytes on linux/amd64 (and every 64-bit Linux port).
-GO_ARENA_BYTES = 64 << 20
 
-KINDS = ("brk-heap", "malloc-arena", "thread-stack", "go-heap", "anon", "file", "shmem", "special")
+# Besides these, a ManagedHeap names the kind of its own mappings (e.g. "go-heap").
+KINDS = ("brk-heap", "malloc-arena", "thread-stack", "anon", "file", "shmem", "special")
+
+
+class ManagedHeap(Protocol):
+    """A runtime's own allocator whose heap is recognisable from the address layout alone.
+
+    Only runtimes that never need the process's cooperation for their heap provide one (Go); the
+    claimed mappings are decided before thread stacks, so a goroutine stack pointer inside the heap
+    never turns the heap into a "thread stack".
+    """
+
+    kind: str  # MappingShare.kind of the claimed mappings
+    allocator: str  # MemoryDetail.allocator when no malloc library is mapped
+
+    def find(self, mappings: Sequence[Mapping], exclude: set[int]) -> set[int]:
+        """Indices (into address-sorted `mappings`) of the heap, never one of `exclude` (glibc heaps)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +73,8 @@ class Attribution:
         return sum(self.categories.values())
 
 
-def detect_allocator(mappings: Iterable[Mapping], is_go: bool) -> str:
+def detect_allocator(mappings: Iterable[Mapping], fallback: str = "static") -> str:
+    """The malloc library mapped into the process; `fallback` when none is (static or runtime-owned)."""
     names = {m.path.rsplit("/", 1)[-1] for m in mappings if m.inode and m.path.startswith("/")}
     joined = " ".join(names)
     if "libjemalloc" in joined:
@@ -67,18 +85,10 @@ def detect_allocator(mappings: Iterable[Mapping], is_go: bool) -> str:
         return "mimalloc"
     if any(n.startswith("libc.so") or n.startswith("libc-") for n in names):
         return "glibc"
-    if is_go:
-        return "go"
-    return "static"
+    return fallback
 
 
-def detect_runtime(mappings: Iterable[Mapping], exe_is_go: bool) -> str:
-    if any(m.path.endswith("/libjvm.so") for m in mappings if m.inode):
-        return "jvm"
-    return "go" if exe_is_go else "native"
-
-
-def _is_private_anon(m: Mapping) -> bool:
+def is_private_anon(m: Mapping) -> bool:
     return m.is_anonymous and not m.shared and m.path not in ("[stack]",) and not m.path.startswith("[anon_shmem")
 
 
@@ -100,7 +110,7 @@ def _glibc_heaps(ms: Sequence[Mapping], check: Callable[[int], bool | None] | No
     """
     out: set[int] = set()
     for i, m in enumerate(ms):
-        if m.start % GLIBC_HEAP_MAX or not _is_private_anon(m) or m.path or not m.perms.startswith("rw"):
+        if m.start % GLIBC_HEAP_MAX or not is_private_anon(m) or m.path or not m.perms.startswith("rw"):
             continue
         tail = None
         if m.end - m.start == GLIBC_HEAP_MAX:
@@ -108,7 +118,7 @@ def _glibc_heaps(ms: Sequence[Mapping], check: Callable[[int], bool | None] | No
         elif m.end - m.start < GLIBC_HEAP_MAX and i + 1 < len(ms):
             n = ms[i + 1]
             if n.start == m.end and n.end == m.start + GLIBC_HEAP_MAX and n.perms.startswith("---") \
-                    and _is_private_anon(n) and not n.path:
+                    and is_private_anon(n) and not n.path:
                 tail = i + 1
             else:
                 continue
@@ -120,32 +130,6 @@ def _glibc_heaps(ms: Sequence[Mapping], check: Callable[[int], bool | None] | No
         out.add(i)
         if tail is not None:
             out.add(tail)
-    return out
-
-
-def _go_arena_indices(ms: Sequence[Mapping], exclude: set[int]) -> set[int]:
-    """Mappings of the Go heap: runs of contiguous private anonymous mappings that start and end on
-    64 MiB arena boundaries (the runtime reserves whole arenas, then maps used parts read-write).
-
-    The runtime's other big reservations (page-allocator summaries, arena index) are not
-    arena-aligned, and a glibc heap (same shape) has been excluded by the caller.
-    """
-    out: set[int] = set()
-    run: list[int] = []
-
-    def close() -> None:
-        if run and ms[run[0]].start % GO_ARENA_BYTES == 0 and ms[run[-1]].end % GO_ARENA_BYTES == 0 \
-                and any(ms[i].perms.startswith("rw") for i in run):
-            out.update(run)
-
-    for i, m in enumerate(ms):
-        eligible = i not in exclude and _is_private_anon(m) and not m.path
-        if eligible and run and ms[run[-1]].end == m.start:
-            run.append(i)
-            continue
-        close()
-        run = [i] if eligible else []
-    close()
     return out
 
 
@@ -162,8 +146,8 @@ def _thread_stack_indices(ms: Sequence[Mapping], thread_sps: dict[int, int | Non
         i = bisect.bisect_right(starts, sp) - 1
         if i >= 0 and ms[i].start <= sp < ms[i].end and i not in taken:
             m = ms[i]
-            # A goroutine's stack lives in the Go heap; a JVM/Go/glibc heap is never "a thread's stack".
-            if m.path in ("[heap]",) or not (_is_private_anon(m) or m.path == "[stack]"):
+            # A goroutine's stack lives in the Go heap; a managed or glibc heap is never "a thread's stack".
+            if m.path in ("[heap]",) or not (is_private_anon(m) or m.path == "[stack]"):
                 continue
             out.add(i)
     return out, unknown
@@ -180,24 +164,30 @@ def _guard_heuristic_stacks(ms: Sequence[Mapping], taken: set[int]) -> set[int]:
         m, g = ms[i], ms[i - 1]
         if i in taken or (i - 1) in taken:
             continue
-        if g.end == m.start and g.perms.startswith("---") and _is_private_anon(g) and not g.path \
-                and g.size <= 64 * 1024 and _is_private_anon(m) and not m.path and m.perms.startswith("rw"):
+        if g.end == m.start and g.perms.startswith("---") and is_private_anon(g) and not g.path \
+                and g.size <= 64 * 1024 and is_private_anon(m) and not m.path and m.perms.startswith("rw"):
             out.add(i)
     return out
 
 
-def attribute_process(mappings: Sequence[Mapping], *, is_go: bool, thread_sps: dict[int, int | None],
+def attribute_process(mappings: Sequence[Mapping], *, thread_sps: dict[int, int | None],
+                      runtime: str = "native", managed_heap: ManagedHeap | None = None,
                       glibc_heap_check: Callable[[int], bool | None] | None = None,
                       shmem_devs: frozenset[str] = frozenset()) -> Attribution:
+    """`runtime` is the detected runtime's name (recorded, not interpreted here)."""
     ms = sorted(mappings, key=lambda m: m.start)
     problems: list[str] = []
-    allocator = detect_allocator(ms, is_go)
+    allocator = detect_allocator(ms, managed_heap.allocator if managed_heap is not None else "static")
 
-    heaps = _glibc_heaps(ms, glibc_heap_check) if allocator in ("glibc", "static") or is_go else set()
-    go_idx = _go_arena_indices(ms, heaps) if is_go else set()
-    stacks, unknown = _thread_stack_indices(ms, thread_sps, heaps | go_idx)
+    # With a managed heap glibc heaps are looked for whatever the allocator: they share its shape and
+    # must be kept out of it.
+    heaps = (_glibc_heaps(ms, glibc_heap_check)
+             if allocator in ("glibc", "static") or managed_heap is not None else set())
+    managed = managed_heap.find(ms, heaps) if managed_heap is not None else set()
+    managed_kind = managed_heap.kind if managed_heap is not None else ""
+    stacks, unknown = _thread_stack_indices(ms, thread_sps, heaps | managed)
     if unknown:
-        guessed = _guard_heuristic_stacks(ms, heaps | go_idx | stacks)
+        guessed = _guard_heuristic_stacks(ms, heaps | managed | stacks)
         if guessed:
             stacks |= guessed
             problems.append(f"{unknown} thread(s) running at every read: their stacks were found from "
@@ -216,8 +206,8 @@ def attribute_process(mappings: Sequence[Mapping], *, is_go: bool, thread_sps: d
         cats: dict[str, int]
         if m.path == "[stack]" or i in stacks:
             kind, cats = "thread-stack", {"thread": rss}
-        elif i in go_idx:
-            kind, cats = "go-heap", {"heap": rss}
+        elif i in managed:
+            kind, cats = managed_kind, {"heap": rss}
         elif m.path == "[heap]":
             kind, cats = "brk-heap", {"native": rss}
             if allocator in ("glibc", "static"):
@@ -244,9 +234,8 @@ def attribute_process(mappings: Sequence[Mapping], *, is_go: bool, thread_sps: d
             totals[c] += v
         shares.append(MappingShare(m, kind, cats))
 
-    if allocator in ("glibc", "static") and arena_count == 0 and not is_go:
-        arena_count = 1  # the main arena exists even before its first brk
-    runtime = detect_runtime(ms, is_go)
+    if allocator in ("glibc", "static") and arena_count == 0 and managed_heap is None:
+        arena_count = 1  # the main arena exists even before its first brk (a runtime may never call malloc)
     detail = MemoryDetail(pss_bytes=pss, swap_bytes=swap, anon_bytes=anon, file_backed_bytes=file_backed,
                           shmem_bytes=shmem_total, malloc_arenas=arena_count,
                           malloc_arena_rss_bytes=arena_rss, allocator=allocator)

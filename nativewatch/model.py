@@ -11,7 +11,6 @@ from typing import Any
 CATEGORIES: tuple[str, ...] = (
     "heap", "metaspace", "thread", "direct", "code", "gc", "runtime", "native", "file", "shmem",
 )
-RUNTIMES: tuple[str, ...] = ("jvm", "go", "native")
 
 
 def empty_categories() -> dict[str, int]:
@@ -68,8 +67,9 @@ class Breakdown:
     nspid: tuple[int, ...] = ()
     timestamp: float = 0.0
     problems: list[str] = field(default_factory=list)
-    # Raw runtime figures kept verbatim beside the categories (e.g. NMT committed per NMT category).
-    nmt: dict[str, Any] | None = None
+    # Raw figures of the detected runtime, under keys the runtime names (the JVM's "nmt"); each key is
+    # a top-level key of the JSON. The model never looks inside.
+    runtime_details: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def check_sum(self) -> None:
@@ -93,7 +93,8 @@ class Breakdown:
             "memory": self.detail.to_json(),
             "problems": list(self.problems),
         }
-        if self.nmt is not None:
-            out["nmt"] = self.nmt
+        for key, value in self.runtime_details.items():
+            # A runtime may add keys, never change one the contract defines.
+            out.setdefault(key, value)
         out.update(self.extra)
         return out

@@ -1,4 +1,5 @@
-"""One process, one breakdown: read every source once, attribute, refine for JVMs, attach identity.
+"""One process, one breakdown: read every source once, detect the runtime, attribute, let the runtime
+refine, attach identity.
 
 This is the I/O edge of attribution: it gathers facts (smaps, status, thread stack pointers, mounts,
 a few bytes of the target's memory to confirm glibc heaps) and hands them to pure functions.
@@ -13,8 +14,9 @@ from dataclasses import dataclass
 
 from nativewatch.attribute import GLIBC_HEAP_MAX, Attribution, attribute_process
 from nativewatch.errors import AccessDenied
-from nativewatch.gobin import is_go_exe
 from nativewatch.model import Breakdown, ContainerInfo
+from nativewatch.runtimes.base import ProcessInfo, RefineContext, Runtime
+from nativewatch.runtimes.registry import detect
 from nativewatch.sources import procfs
 from nativewatch.sources.cgroup import container_identity, parse_proc_cgroup
 
@@ -94,6 +96,7 @@ class ProcessFacts:
     smaps: procfs.SmapsResult
     attribution: Attribution
     cgroup_text: str
+    runtime: Runtime
 
 
 def gather_facts(pid: int, proc_root: str = "/proc") -> ProcessFacts:
@@ -105,12 +108,12 @@ def gather_facts(pid: int, proc_root: str = "/proc") -> ProcessFacts:
         sps = procfs.thread_stack_pointers(pid, proc_root)
     except AccessDenied:
         sps = {}
-    is_go = is_go_exe(pid, proc_root)
+    runtime = detect(ProcessInfo(pid, proc_root, comm, tuple(cmdline), smaps.mappings))
     rw_sizes = {m.start: m.size for m in smaps.mappings if m.start % GLIBC_HEAP_MAX == 0}
     checker = _HeapChecker(pid, proc_root, rw_sizes)
     try:
-        attribution = attribute_process(smaps.mappings, is_go=is_go, thread_sps=sps,
-                                        glibc_heap_check=checker,
+        attribution = attribute_process(smaps.mappings, thread_sps=sps, runtime=runtime.name,
+                                        managed_heap=runtime.managed_heap, glibc_heap_check=checker,
                                         shmem_devs=shmem_devices(pid, proc_root))
     finally:
         checker.close()
@@ -124,7 +127,7 @@ def gather_facts(pid: int, proc_root: str = "/proc") -> ProcessFacts:
     if problems != list(attribution.problems):
         attribution = Attribution(attribution.runtime, attribution.categories, attribution.shares,
                                   attribution.detail, attribution.sources, tuple(problems))
-    return ProcessFacts(pid, status, comm, cmdline, smaps, attribution, cgroup_text)
+    return ProcessFacts(pid, status, comm, cmdline, smaps, attribution, cgroup_text, runtime)
 
 
 def container_of(cgroup_text: str) -> ContainerInfo | None:
@@ -135,38 +138,30 @@ def container_of(cgroup_text: str) -> ContainerInfo | None:
 
 def take_snapshot(pid: int, *, proc_root: str = "/proc", jvm: bool = True, jvm_timeout_s: float = 5.0,
                   with_sites: bool = True) -> Breakdown:
-    """Breakdown of one process. Raises ProcessGone / AccessDenied for the caller to report."""
+    """Breakdown of one process. Raises ProcessGone / AccessDenied for the caller to report.
+
+    `jvm` / `jvm_timeout_s` (names kept for their callers) allow and bound talking to the process for
+    any runtime that needs it; jvm=False is passive, nothing is ever signalled.
+    """
     facts = gather_facts(pid, proc_root)
     att = facts.attribution
-    categories = dict(att.categories)
-    sources = list(att.sources)
-    problems = list(att.problems)
-    nmt = None
-    if att.runtime == "jvm":
-        from nativewatch.jvm.attribute import attribute_jvm
-
-        # jvm=False is passive: hsperfdata and smaps only, the JVM is never signalled.
-        jres = attribute_jvm(pid, facts.smaps.mappings, att, proc_root=proc_root, timeout_s=jvm_timeout_s,
-                             attach_jvm=jvm)
-        categories = dict(jres.categories)
-        sources = list(jres.sources)
-        problems += list(jres.problems)
-        nmt = jres.nmt
+    ref = facts.runtime.refine(RefineContext(pid, proc_root, facts.smaps.mappings, attach=jvm,
+                                             timeout_s=jvm_timeout_s), att)
     bd = Breakdown(
         pid=pid,
         comm=facts.comm or facts.status.name,
-        runtime=att.runtime,
+        runtime=facts.runtime.name,
         rss_bytes=facts.smaps.rss,
-        categories=categories,
+        categories=dict(ref.categories),
         threads=facts.status.threads,
-        sources=sources,
+        sources=list(ref.sources),
         container=container_of(facts.cgroup_text),
         detail=att.detail,
         cmdline=facts.cmdline,
         nspid=facts.status.nspid,
         timestamp=time.time(),
-        problems=problems,
-        nmt=nmt,
+        problems=[*att.problems, *ref.problems],
+        runtime_details=dict(ref.details),
     )
     if with_sites:
         sites = _running_sites(pid)

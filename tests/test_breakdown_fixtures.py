@@ -12,6 +12,10 @@ import pytest
 from conftest import SAMPLES
 
 from nativewatch.attribute import attribute_process
+from nativewatch.go.heap import GoArenas
+from nativewatch.jvm.runtime import JVM
+from nativewatch.runtimes.base import ProcessInfo
+from nativewatch.runtimes.registry import detect
 from nativewatch.sources.procfs import parse_rollup, parse_smaps
 
 NATIVE = SAMPLES / "native"
@@ -27,7 +31,7 @@ def _load(path):
 def test_native_samples_sum_exactly_to_rss_and_rollup(name):
     sm = _load(NATIVE / f"{name}-smaps.txt")
     assert not sm.problems
-    att = attribute_process(sm.mappings, is_go=False, thread_sps=dict.fromkeys(range(9)))
+    att = attribute_process(sm.mappings, thread_sps=dict.fromkeys(range(9)))
     assert sum(att.categories.values()) == sm.rss
     rollup, problems = parse_rollup((NATIVE / f"{name}-smaps_rollup.txt").read_bytes())
     assert not problems
@@ -37,7 +41,7 @@ def test_native_samples_sum_exactly_to_rss_and_rollup(name):
 
 def test_glibc_default_finds_main_plus_eight_thread_arenas():
     sm = _load(NATIVE / "glibc-default-smaps.txt")
-    att = attribute_process(sm.mappings, is_go=False, thread_sps=dict.fromkeys(range(9)))
+    att = attribute_process(sm.mappings, thread_sps=dict.fromkeys(range(9)))
     info = (NATIVE / "glibc-default.malloc_info.txt").read_text()
     arenas_in_malloc_info = len(re.findall(r"^Arena \d+:", info, re.M))
     assert att.detail.malloc_arenas == arenas_in_malloc_info == 9
@@ -48,13 +52,13 @@ def test_glibc_default_finds_main_plus_eight_thread_arenas():
 
 def test_arena_max_2_finds_one_secondary_arena():
     sm = _load(NATIVE / "glibc-arena-max-2-smaps.txt")
-    att = attribute_process(sm.mappings, is_go=False, thread_sps=dict.fromkeys(range(9)))
+    att = attribute_process(sm.mappings, thread_sps=dict.fromkeys(range(9)))
     assert att.detail.malloc_arenas == 2
 
 
 def test_pthread_stacks_found_by_guard_pages_when_sps_unknown():
     sm = _load(NATIVE / "glibc-default-smaps.txt")
-    att = attribute_process(sm.mappings, is_go=False, thread_sps=dict.fromkeys(range(9)))
+    att = attribute_process(sm.mappings, thread_sps=dict.fromkeys(range(9)))
     stacks = [s for s in att.shares if s.kind == "thread-stack"]
     assert len(stacks) == 9  # 8 pthread stacks + [stack]
     assert all(s.mapping.size in (8 << 20, 132 << 10) or s.mapping.path == "[stack]" for s in stacks)
@@ -64,7 +68,7 @@ def test_pthread_stacks_found_by_guard_pages_when_sps_unknown():
 def test_stack_pointer_picks_exactly_that_mapping():
     sm = _load(NATIVE / "glibc-default-smaps.txt")
     stack = next(m for m in sm.mappings if m.start == 0x7f14f0737000)
-    att = attribute_process(sm.mappings, is_go=False, thread_sps={1: stack.start + 4096, 2: 0x10})
+    att = attribute_process(sm.mappings, thread_sps={1: stack.start + 4096, 2: 0x10})
     stacks = [s.mapping.start for s in att.shares if s.kind == "thread-stack"]
     assert 0x7f14f0737000 in stacks
     assert not any("guard pages" in p for p in att.problems)
@@ -73,7 +77,7 @@ def test_stack_pointer_picks_exactly_that_mapping():
 @pytest.mark.parametrize("name,allocator", [("jemalloc", "jemalloc"), ("tcmalloc", "tcmalloc")])
 def test_preloaded_allocators_are_named_and_not_mistaken_for_glibc_arenas(name, allocator):
     sm = _load(NATIVE / f"{name}-smaps.txt")
-    att = attribute_process(sm.mappings, is_go=False, thread_sps={})
+    att = attribute_process(sm.mappings, thread_sps={})
     assert att.detail.allocator == allocator
     assert "malloc-arena" not in {s.kind for s in att.shares}
 
@@ -81,10 +85,10 @@ def test_preloaded_allocators_are_named_and_not_mistaken_for_glibc_arenas(name, 
 @pytest.mark.parametrize("name", ["goprobe", "goprobe-nocgo"])
 def test_go_heap_is_the_arena_rss(name):
     sm = _load(GO / f"{name}-smaps.txt")
-    att = attribute_process(sm.mappings, is_go=True, thread_sps={})
+    att = attribute_process(sm.mappings, thread_sps={}, runtime="go", managed_heap=GoArenas())
     arena = next(m for m in sm.mappings if m.start == 0xC000000000)
     assert att.categories["heap"] == arena.rss
-    assert att.runtime == "go"
+    assert {s.kind for s in att.shares if s.mapping.start == arena.start} == {"go-heap"}
     assert sum(att.categories.values()) == sm.rss
     stdout = (GO / f"{name}.stdout").read_text()
     stats = dict(kv.split("=") for kv in stdout.split()[2:])
@@ -94,7 +98,7 @@ def test_go_heap_is_the_arena_rss(name):
 
 def test_go_cgo_sample_keeps_glibc_arenas_native():
     sm = _load(GO / "goprobe-smaps.txt")
-    att = attribute_process(sm.mappings, is_go=True, thread_sps={})
+    att = attribute_process(sm.mappings, thread_sps={}, runtime="go", managed_heap=GoArenas())
     assert att.detail.malloc_arenas >= 4
     assert att.detail.allocator == "glibc"
 
@@ -102,8 +106,9 @@ def test_go_cgo_sample_keeps_glibc_arenas_native():
 @pytest.mark.parametrize("jdk", ["jdk11", "jdk17", "jdk21", "jdk25"])
 def test_jvm_samples_are_detected_and_sum_exactly(jdk):
     sm = _load(SAMPLES / f"{jdk}-proc-smaps.txt")
-    att = attribute_process(sm.mappings, is_go=False, thread_sps={})
-    assert att.runtime == "jvm"
+    # Detected from libjvm.so in the mappings alone: no /proc access.
+    assert detect(ProcessInfo(1, "/nonexistent", "java", (), sm.mappings)) is JVM
+    att = attribute_process(sm.mappings, thread_sps={}, runtime="jvm")
     assert sum(att.categories.values()) == sm.rss
 
 
@@ -122,6 +127,6 @@ def test_private_file_mapping_cow_pages_are_native():
             b"7f0000004000-7f0000008000 rw-s 00000000 00:15 7 /dev/shm/seg\n"
             b"Rss: 16 kB\nAnonymous: 0 kB\n")
     sm = parse_smaps(data)
-    att = attribute_process(sm.mappings, is_go=False, thread_sps={}, shmem_devs=frozenset({"00:15"}))
+    att = attribute_process(sm.mappings, thread_sps={}, shmem_devs=frozenset({"00:15"}))
     assert att.categories["file"] == 8192 and att.categories["native"] == 8192
     assert att.categories["shmem"] == 16384

@@ -19,7 +19,7 @@ VERSIONS = (11, 17, 21, 25)
 
 def _load(version: int):
     sm = procfs.parse_smaps((SAMPLES / f"jdk{version}-proc-smaps.txt").read_bytes())
-    base = attribute_process(sm.mappings, is_go=False, thread_sps={})
+    base = attribute_process(sm.mappings, thread_sps={})
     text = (SAMPLES / f"jdk{version}-detail.txt").read_text()
     report, vmap = nmt.parse_summary(text), nmt.parse_detail_regions(text)
     ver = (SAMPLES / f"jdk{version}-vm.version.txt").read_text().split("version ")[1].split()[0]
@@ -158,7 +158,7 @@ def test_refine_always_sums_to_rss(maps, regions, malloc, with_present):
         ms.append(procfs.Mapping(lo, lo + npages * page, "rw-p", 0, "00:00" if anon else "fe:00",
                                  0 if anon else 7, path, {"Rss": rss_pages * page, "Anonymous": rss_pages * page}))
         cur = lo + npages * page
-    base = attribute_process(ms, is_go=False, thread_sps={})
+    base = attribute_process(ms, thread_sps={})
     regs = tuple((0x10000 + s * page, 0x10000 + (s + n) * page, name, c) for s, n, name, c in regions)
     lines = ["Total: reserved=1KB, committed=1KB"]
     for name, v in malloc.items():

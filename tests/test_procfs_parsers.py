@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nativewatch.attribute import attribute_process
+from nativewatch.go.heap import GoArenas
 from nativewatch.snapshot import parse_mountinfo_shmem
 from nativewatch.sources.procfs import (
     parse_maps,
@@ -138,8 +139,8 @@ def test_parsers_never_raise_and_attribution_sums(lines):
     parse_status(data)
     parse_thread_syscall(data)
     parse_mountinfo_shmem(data)
-    for is_go in (False, True):
-        att = attribute_process(sm.mappings, is_go=is_go, thread_sps={1: 0x7F, 2: None})
+    for heap in (None, GoArenas()):
+        att = attribute_process(sm.mappings, thread_sps={1: 0x7F, 2: None}, managed_heap=heap)
         assert sum(att.categories.values()) == sm.rss
 
 

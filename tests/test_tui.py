@@ -309,7 +309,7 @@ def test_drill_down_of_a_jvm_shows_its_nmt_figures(procs, tmp_path):
             heap_line = next(ln for ln in text if ln.strip().startswith("Java Heap"))
             # -Xms = -Xmx = 64m: NMT's committed Java heap is exactly 64 MiB.
             assert heap_line.split("│")[1].strip() == "64.0 MiB", heap_line
-            nmt = drill.last.nmt
+            nmt = drill.last.runtime_details.get("nmt")
             assert nmt is not None
             shown = {ln.split("│")[0].strip(): ln.split("│")[1].strip() for ln in text if ln.count("│") == 3}
             for name, v in nmt["categories"].items():

@@ -1,10 +1,11 @@
 """Prometheus exposition of the agent's last view: DESIGN.md's metric families plus agent self-metrics.
 
-One collector function per source (process, container, oom, jvm, sites, agent). A runner calls each,
-times it and emits `nativewatch_scrape_source_duration_seconds{source}` and
-`nativewatch_scrape_source_success{source}`; a source that raises loses only its own series, never the
-scrape (client_python's registry does not isolate collectors). Families are built fresh on every
-scrape from the immutable `AgentView`; nothing here reads /proc.
+One collector function per source (process, container, oom, one per runtime that has gauges - today
+jvm -, sites, agent). A runner calls each, times it and emits
+`nativewatch_scrape_source_duration_seconds{source}` and `nativewatch_scrape_source_success{source}`;
+a source that raises loses only its own series, never the scrape (client_python's registry does not
+isolate collectors). Families are built fresh on every scrape from the immutable `AgentView`; nothing
+here reads /proc.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from prometheus_client.registry import CollectorRegistry
 from nativewatch import __version__
 from nativewatch.agent.views import AgentView, ContainerLabels, ProcessView
 from nativewatch.model import CATEGORIES
+from nativewatch.runtimes.base import Runtime
+from nativewatch.runtimes.registry import registered
 
-__all__ = ["AgentCollector", "SOURCES", "make_registry", "site_label"]
+__all__ = ["AgentCollector", "SOURCES", "default_sources", "make_registry", "site_label"]
 
 log = logging.getLogger("nativewatch.agent.exporter")
 
@@ -90,19 +93,23 @@ def oom_source(view: AgentView) -> Iterator[Metric]:
     yield kills
 
 
-def jvm_source(view: AgentView) -> Iterator[Metric]:
-    fam = GaugeMetricFamily("nativewatch_jvm_nmt_committed_bytes",
-                            "JVM Native Memory Tracking committed bytes by NMT category",
-                            labels=[*_PLABELS, "nmt_category"])
-    for p in view.processes:
-        nmt = p.breakdown.nmt
-        if not isinstance(nmt, dict):
-            continue
-        base = _plabels(p)
-        for name, c in (nmt.get("categories") or {}).items():
-            if isinstance(c, dict) and isinstance(c.get("committed_bytes"), int | float):
-                fam.add_metric([*base, str(name)], float(c["committed_bytes"]))
-    yield fam
+def runtime_source(rt: Runtime) -> Callable[[AgentView], Iterator[Metric]]:
+    """The gauge families a runtime derives from its details, over the processes of that runtime."""
+
+    def source(view: AgentView) -> Iterator[Metric]:
+        fams = [(g, GaugeMetricFamily(g.name, g.help, labels=[*_PLABELS, g.label])) for g in rt.gauges]
+        for p in view.processes:
+            # Details are keyed by the runtime's own names: only its own processes are read.
+            if p.breakdown.runtime != rt.name:
+                continue
+            base = _plabels(p)
+            for g, fam in fams:
+                for key, value in g.values(p.breakdown.runtime_details):
+                    fam.add_metric([*base, key], value)
+        for _, fam in fams:
+            yield fam
+
+    return source
 
 
 def sites_source(view: AgentView, top_n: int) -> Iterator[Metric]:
@@ -197,10 +204,14 @@ def agent_source(view: AgentView) -> Iterator[Metric]:
     yield caches
 
 
-SOURCES: dict[str, Callable[..., Iterator[Metric]]] = {
-    "process": process_source, "container": container_source, "oom": oom_source, "jvm": jvm_source,
-    "sites": sites_source, "agent": agent_source,
-}
+def default_sources() -> dict[str, Callable[..., Iterator[Metric]]]:
+    """Every source, runtime sources named after their runtime (the scrape `source` label: "jvm")."""
+    return {"process": process_source, "container": container_source, "oom": oom_source,
+            **{rt.name: runtime_source(rt) for rt in registered() if rt.gauges},
+            "sites": sites_source, "agent": agent_source}
+
+
+SOURCES: dict[str, Callable[..., Iterator[Metric]]] = default_sources()
 
 
 class AgentCollector:
@@ -210,7 +221,8 @@ class AgentCollector:
                  sources: dict[str, Callable[..., Iterator[Metric]]] | None = None) -> None:
         self.get_view = get_view
         self.top_sites = top_sites
-        self.sources = dict(SOURCES if sources is None else sources)
+        # Built now, not at import: a runtime registered later gets its series too.
+        self.sources = default_sources() if sources is None else dict(sources)
 
     def describe(self) -> list[Metric]:
         return []  # nothing to check at registration; keeps the registry from calling collect()

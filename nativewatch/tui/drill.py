@@ -1,4 +1,5 @@
-"""The drill-down view of one process as a rich renderable: categories now and over time, NMT, sites."""
+"""The drill-down view of one process as a rich renderable: categories now and over time, the runtime's
+own figures (NMT), sites."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from nativewatch.model import CATEGORIES, Breakdown
+from nativewatch.runtimes.base import DetailTable
+from nativewatch.runtimes.registry import runtime_named
 from nativewatch.tui.render import CATEGORY_STYLES, compact_rate, eta_text, printable, sparkline
 from nativewatch.tui.state import Growth
 from nativewatch.units import human_bytes
@@ -37,24 +40,14 @@ def _sites_table(sites: Sequence[dict[str, Any]], title: str) -> Table:
     return t
 
 
-def _nmt_table(nmt: dict[str, Any]) -> Table | None:
-    cats = nmt.get("categories")
-    if not isinstance(cats, dict) or not cats:
-        return None
-    t = Table(title="JVM Native Memory Tracking (committed)", title_justify="left", show_edge=False,
-              pad_edge=False)
-    t.add_column("NMT CATEGORY")
-    t.add_column("COMMITTED", justify="right")
-    t.add_column("RESERVED", justify="right")
-    t.add_column("MALLOC", justify="right")
-    rows = []
-    for name, v in cats.items():
-        if isinstance(v, dict):
-            rows.append((str(name), int(v.get("committed_bytes") or 0), int(v.get("reserved_bytes") or 0),
-                         int(v.get("malloc_bytes") or 0)))
-    for name, com, res, mal in sorted(rows, key=lambda r: -r[1]):
-        if com or res:
-            t.add_row(Text(printable(name)), human_bytes(com), human_bytes(res), human_bytes(mal))
+def _details_table(dt: DetailTable) -> Table:
+    t = Table(title=dt.title, title_justify="left", show_edge=False, pad_edge=False)
+    t.add_column(dt.columns[0])
+    for c in dt.columns[1:]:
+        t.add_column(c, justify="right")
+    for name, values in dt.rows:
+        # Row names come from the target process (NMT category names): untrusted text.
+        t.add_row(Text(printable(name)), *(human_bytes(v) for v in values))
     return t
 
 
@@ -97,13 +90,13 @@ def drill_renderable(bd: Breakdown, growth: dict[str, Growth], history: dict[str
                   f"{g.fit:.0%}" if g and g.bytes_per_second > 0 else "",
                   Text(sparkline(history.get(c, ()), spark_width), style=style), verdict)
     parts: list[RenderableType] = [head, Text(""), t]
-    if bd.nmt:
-        nt = _nmt_table(bd.nmt)
-        if nt is not None:
-            parts += [Text(""), nt]
-    elif bd.runtime == "jvm":
-        parts += [Text(""), Text("JVM without NMT figures: start it with -XX:NativeMemoryTracking=summary "
-                                 "(and run top with --jvm) to see heap/metaspace/direct/…", style="dim")]
+    rt = runtime_named(bd.runtime)
+    dt = rt.details_table(bd.runtime_details)
+    missing = rt.missing_figures(bd) if dt is None else None
+    if dt is not None:
+        parts += [Text(""), _details_table(dt)]
+    elif missing:
+        parts += [Text(""), Text(missing, style="dim")]
     parts.append(Text(""))
     if profile_status:
         parts.append(Text(profile_status, style="bold"))

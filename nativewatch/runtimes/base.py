@@ -1,0 +1,98 @@
+"""The runtime interface: what one runtime package (jvm, go, …) gives attribution and the presenters.
+
+A runtime is recognised by `detect` from facts the snapshot already read, turns the runtime-neutral
+attribution into its own categories with `refine`, and keeps its raw figures in
+`Breakdown.runtime_details` under keys it names itself (they become top-level keys of the snapshot
+JSON, which is how the JVM's `"nmt"` key is produced). Presenters ask its capabilities
+(`needs_attach`, `missing_figures`, `details_table`, `gauges`) instead of comparing runtime names, so
+a new runtime needs no presenter change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nativewatch.attribute import Attribution, ManagedHeap
+from nativewatch.model import Breakdown
+from nativewatch.sources.procfs import Mapping
+
+__all__ = ["ProcessInfo", "RefineContext", "Refinement", "DetailGauge", "DetailTable", "Runtime"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """What detection may look at. Reading more (the executable) is the runtime's own business."""
+
+    pid: int
+    proc_root: str
+    comm: str
+    cmdline: tuple[str, ...]
+    mappings: Sequence[Mapping]
+
+
+@dataclass(frozen=True, slots=True)
+class RefineContext:
+    pid: int
+    proc_root: str
+    mappings: Sequence[Mapping]
+    # False: passive reads only. The process must not be signalled or connected to (top's default scan).
+    attach: bool
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Refinement:
+    """The runtime's view: categories summing to the same Rss as the base attribution."""
+
+    categories: dict[str, int]
+    sources: tuple[str, ...]  # replaces the base sources: the runtime knows which of them it kept
+    problems: tuple[str, ...] = ()  # added to the base attribution's problems
+    details: dict[str, Any] = field(default_factory=dict)  # -> Breakdown.runtime_details
+
+
+@dataclass(frozen=True, slots=True)
+class DetailGauge:
+    """A Prometheus gauge family derived from runtime details: one series per process and key."""
+
+    name: str
+    help: str
+    label: str  # the label beside the process labels, e.g. "nmt_category"
+    values: Callable[[dict[str, Any]], Iterable[tuple[str, float]]]
+
+
+@dataclass(frozen=True, slots=True)
+class DetailTable:
+    """Runtime figures as a presenter-neutral table: a name column, then byte columns; rows in order."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, tuple[int, ...]], ...]
+
+
+class Runtime:
+    """Defaults describe a runtime that adds nothing to the native view; implementations override."""
+
+    name: str = ""  # the `runtime` label and JSON value
+    # True when its full view needs talking to the process (attach, signals): presenters then know a
+    # passive scan shows less, and the agent paces and backs off those attaches.
+    needs_attach: bool = False
+    managed_heap: ManagedHeap | None = None
+    gauges: tuple[DetailGauge, ...] = ()
+
+    def detect(self, info: ProcessInfo) -> bool:
+        return False
+
+    def refine(self, ctx: RefineContext, base: Attribution) -> Refinement:
+        return Refinement(dict(base.categories), tuple(base.sources))
+
+    def missing_figures(self, bd: Breakdown) -> str | None:
+        """Why `bd` lacks this runtime's own split and how to get it; None when nothing is missing."""
+        return None
+
+    def details_table(self, details: dict[str, Any]) -> DetailTable | None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"<runtime {self.name}>"
