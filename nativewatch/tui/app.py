@@ -25,7 +25,6 @@ from textual.widgets import Footer, Input, Static
 
 from nativewatch.errors import AccessDenied, NativewatchError, ProcessGone
 from nativewatch.model import CATEGORIES, Breakdown
-from nativewatch.snapshot import take_snapshot
 from nativewatch.tui.collect import Collector, Frame
 from nativewatch.tui.drill import drill_renderable
 from nativewatch.tui.render import header_text, legend_text, printable
@@ -103,8 +102,7 @@ class DrillScreen(Screen):
 
     def _sample(self) -> None:
         try:
-            bd = take_snapshot(self.pid, proc_root=self.top.collector.proc_root, jvm=True,
-                               jvm_timeout_s=2.0, with_sites=True)
+            bd = self.top.collector.drill(self.pid)
             err = None
         except ProcessGone:
             bd, err = None, "process exited"
@@ -166,12 +164,6 @@ class DrillScreen(Screen):
     def action_profile(self) -> None:
         if self._profiling:
             return
-        try:
-            from nativewatch.malloc_profile import run_profile
-        except ImportError as exc:
-            self.profile_status = f"native allocation profiling is not available in this build ({exc})"
-            self._render_body()
-            return
         self._profiling = True
         duration = self.top.profile_s
         self.profile_status = f"profile: attaching eBPF probes to pid {self.pid}…"
@@ -185,7 +177,7 @@ class DrillScreen(Screen):
 
         def work() -> None:
             try:
-                res = run_profile(self.pid, duration, mode="sampled", stop=self._stop, on_attached=attached)
+                res = self.top.collector.profile(self.pid, duration, stop=self._stop, on_attached=attached)
                 sites = [s.to_json() for s in res.sites[:10]]
                 status = (f"profile done: {len(res.sites)} sites over {res.duration_s:.0f}s "
                           f"(lost events {res.lost.get('events', 0)})")

@@ -9,9 +9,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from nativewatch.model import CATEGORIES, Breakdown, ContainerInfo
 from nativewatch.scan import scan_all
+from nativewatch.snapshot import take_snapshot
 from nativewatch.tui.state import (
     ContainerLimit,
     GrowthPolicy,
@@ -22,6 +24,9 @@ from nativewatch.tui.state import (
     container_totals,
     growth_of,
 )
+
+if TYPE_CHECKING:
+    from nativewatch.malloc_profile.result import ProfileResult
 
 __all__ = ["Collector", "Frame"]
 
@@ -97,3 +102,18 @@ class Collector:
                                      self.policy).bytes_per_second for cid in limits}
         proc_rows = build_process_rows(bds, self.history, self.policy, limits, ctr_growth)
         return Frame(now, proc_rows, ctr_rows, {b.pid: b for b in bds}, scan_s, errors)
+
+    # --- the drill-down's reads: through the collector, so the app never calls a source itself ----
+    def drill(self, pid: int) -> Breakdown:
+        """One process in full for the drill-down: NMT attach allowed (the user picked this one JVM)
+        and a running profile's top sites. ProcessGone / AccessDenied as take_snapshot raises them."""
+        return take_snapshot(pid, proc_root=self.proc_root, jvm=True, jvm_timeout_s=2.0, with_sites=True)
+
+    def profile(self, pid: int, duration_s: float, *, stop: threading.Event,
+                on_attached: Callable[[], None]) -> ProfileResult:
+        """A sampled native-allocation profile of pid (eBPF); SourceUnavailable when eBPF cannot run."""
+        # Imported on use: `top` runs on a build or host where the profiler cannot.
+        from nativewatch.malloc_profile import run_profile
+
+        return run_profile(pid, duration_s, mode="sampled", stop=stop, on_attached=on_attached,
+                           proc_root=self.proc_root)
