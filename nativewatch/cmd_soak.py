@@ -24,6 +24,7 @@ import click
 from nativewatch.clickutil import DURATION, fail, pid_errors
 from nativewatch.errors import AccessDenied, ProcessGone
 from nativewatch.model import CATEGORIES, Breakdown
+from nativewatch.runtimes.registry import runtime_named
 from nativewatch.snapshot import take_snapshot
 from nativewatch.soak import (
     DEFAULT_CATEGORIES,
@@ -194,9 +195,8 @@ def command(duration: float, interval: float | None, max_growth: float, categori
         notes.append(f"pid {target_pid} exited after {elapsed:.1f}s (before the {duration:g}s duration)")
     if not samples and child is None and not interrupted:
         fail(f"no such process: {target_pid} (it does not exist or exited)")
-    if last is not None and last.runtime == "jvm" and not any(s.startswith("nmt") for s in last.sources):
-        notes.append("no NMT data for this JVM: start it with -XX:NativeMemoryTracking=summary to see "
-                     "heap/direct/metaspace/... (without it JVM memory counts as native)")
+    if last is not None and (missing := runtime_named(last.runtime).missing_figures(last)):
+        notes.append(missing)
     notes.extend(problems[:5])
 
     results = evaluate(samples, limit_bytes_per_second=max_growth, watched=watched, warmup_s=warmup)

@@ -25,6 +25,7 @@ from textual.widgets import Footer, Input, Static
 
 from nativewatch.errors import AccessDenied, NativewatchError, ProcessGone
 from nativewatch.model import CATEGORIES, Breakdown
+from nativewatch.runtimes.registry import runtime_named
 from nativewatch.tui.collect import Collector, Frame
 from nativewatch.tui.drill import drill_renderable
 from nativewatch.tui.render import header_text, legend_text, printable
@@ -125,8 +126,9 @@ class DrillScreen(Screen):
             return
         if not self._seeded:
             self._seeded = True
-            # The table's history has the same categories unless this is a JVM the scan saw without NMT.
-            if bd.runtime != "jvm" or self.top.collector.jvm:
+            # The table's history has the same categories unless the scan saw this process without the
+            # attach its runtime needs (a JVM without NMT).
+            if not runtime_named(bd.runtime).needs_attach or self.top.collector.jvm:
                 ts, series = self.top.collector.series(f"pid:{self.pid}")
                 for i, t in enumerate(ts):
                     if t < bd.timestamp:
@@ -304,7 +306,7 @@ class MainScreen(Screen):
             parts.append(f"scan {f.scan_s:.2f}s every {top.refresh_s:g}s")
             if f.errors:
                 parts.append("skipped " + ",".join(f"{k}={n}" for k, n in f.errors.items()))
-        if f and not top.collector.jvm and any(r.runtime == "jvm" for r in f.processes):
+        if f and not top.collector.jvm and any(runtime_named(r.runtime).needs_attach for r in f.processes):
             parts.append("JVMs shown without NMT (--jvm splits heap/direct/...; Enter always does)")
         if top.scan_error:
             parts.append(top.scan_error)
