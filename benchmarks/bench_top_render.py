@@ -32,12 +32,14 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from nativewatch.growth import GrowthPolicy
 from nativewatch.model import CATEGORIES, Breakdown
 from nativewatch.scan import scan_all
+from nativewatch.tracker import Tracker
 from nativewatch.tui.app import TopApp
 from nativewatch.tui.collect import Collector
 from nativewatch.tui.render import layout_for, render_row
-from nativewatch.tui.state import GrowthPolicy, History, ViewState, build_process_rows, select_rows
+from nativewatch.tui.state import ViewState, build_process_rows, select_rows
 
 BUDGET_S = 1 / 30
 WIDTH, HEIGHT = 160, 50
@@ -75,23 +77,25 @@ def timed(fn, repeat: int) -> tuple[float, object]:
 def bench_pure(n: int, repeat: int) -> dict[str, float]:
     rng = random.Random(1)
     leaking = set(range(1000, 1000 + n, 50))
-    history = History()
     policy = GrowthPolicy(min_window_s=30)
+    history = Tracker(policy)
     bds: list[Breakdown] = []
     for i in range(60):  # two minutes of history at a 2 s refresh
         bds = synthetic(n, 1_750_000_000.0 + 2 * i, rng, leaking)
         for b in bds:
-            history.add(f"pid:{b.pid}", b.timestamp, b.rss_bytes, b.categories)
+            history.observe_breakdown(b)
     res: dict[str, float] = {}
-    res["rows"], rows = timed(lambda: build_process_rows(bds, history, policy), max(3, repeat // 4))
+    # growth is cached per sample: time what a refresh with a new sample per process costs
+    res["rows"], rows = timed(lambda: (history.drop_cached(), build_process_rows(bds, history))[1],
+                              max(3, repeat // 4))
     tracemalloc.start()
-    full = History()
-    for i in range(full.max_points):  # a full history: 300 samples (10 minutes at a 2 s refresh)
+    full = Tracker(policy)
+    for i in range(full.history.max_points):  # a full history: 376 points (an hour at one per 10 s)
         for b in bds:
-            full.add(f"pid:{b.pid}", b.timestamp + 2 * i, b.rss_bytes, b.categories)
+            full.observe_breakdown(b, b.timestamp + 10 * i)
     res["history_mb"] = tracemalloc.get_traced_memory()[0] / 1e6
     tracemalloc.stop()
-    res["rows_full"], _ = timed(lambda: build_process_rows(bds, full, policy), 3)
+    res["rows_full"], _ = timed(lambda: (full.drop_cached(), build_process_rows(bds, full))[1], 3)
     view = ViewState(sort="growth")
     res["select"], visible_rows = timed(lambda: select_rows(rows, view), repeat)  # type: ignore[arg-type]
     layout = layout_for(WIDTH, False)
@@ -180,7 +184,7 @@ def bench_real(n: int) -> dict[str, float]:
         dt_all = time.perf_counter() - t0
         # UI work while a scan holds the interpreter in another thread (the GIL is shared): a cursor
         # move plus drawing 45 rows, repeated for as long as one scan of the N processes runs.
-        rows = build_process_rows(bds, History(), GrowthPolicy())
+        rows = build_process_rows(bds, Tracker(GrowthPolicy()))
         layout = layout_for(WIDTH, False)
         view = ViewState()
 
@@ -225,7 +229,7 @@ def main() -> None:
         print(f"  {name:<8} {v * 1000:9.2f} ms  {v / BUDGET_S:6.2f} x budget  [{thread}] {what}")
 
     line("rows", "history + growth fits for every process (60 samples each)", "worker")
-    line("rows_full", "the same with a full history (300 samples each)", "worker")
+    line("rows_full", "the same with a full history (376 points each: an hour)", "worker")
     print(f"  history  {res['history_mb']:9.1f} MB  memory of a full history for {args.rows} processes")
     line("select", "filter + search + sort", "UI")
     line("visible", f"render the {VISIBLE} rows in view", "UI")

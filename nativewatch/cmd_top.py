@@ -8,60 +8,67 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
 
 from nativewatch.clickutil import DURATION, fail
-from nativewatch.model import CATEGORIES, Breakdown
-from nativewatch.scan import scan_all
-from nativewatch.table import ContainerRow, container_rows, container_table, process_table
+from nativewatch.model import CATEGORIES
+from nativewatch.table import container_table, process_table
+from nativewatch.tracker import growth_json
+from nativewatch.tui.collect import Collector, Frame
+from nativewatch.tui.state import ViewState, select_rows
 
 _SORTS = ("rss", "pid", "name", "growth", *CATEGORIES)
 
 
-def _process_key(sort: str):  # type: ignore[no-untyped-def]
-    if sort == "pid":
-        return lambda b: b.pid
-    if sort == "name":
-        return lambda b: (b.comm.lower(), b.pid)
-    if sort in CATEGORIES:
-        return lambda b: (-b.categories.get(sort, 0), -b.rss_bytes)
-    return lambda b: -b.rss_bytes  # rss; growth needs history, which one table does not have
+def observe(collector: Collector, duration_s: float, interval_s: float) -> Frame:
+    """Scan now and then every ``interval_s`` until ``duration_s`` has passed; the last frame has the
+    growth of everything seen (the same analyze stage as the live view and the agent)."""
+    t_end = time.monotonic() + duration_s
+    frame = collector.collect()
+    while time.monotonic() < t_end:
+        time.sleep(max(0.0, min(interval_s, t_end - time.monotonic())))
+        frame = collector.collect()
+    return frame
 
 
-def _container_key(sort: str):  # type: ignore[no-untyped-def]
-    if sort == "pid":
-        return lambda r: min(r.pids)
-    if sort == "name":
-        return lambda r: r.container_id
-    if sort in CATEGORIES:
-        return lambda r: (-r.categories.get(sort, 0), -r.rss_bytes)
-    return lambda r: -r.rss_bytes
-
-
-def _print_once(bds: list[Breakdown], errors: dict[str, int], *, as_json: bool, sort: str, limit: int,
-                containers: bool) -> None:
+def _print_once(frame: Frame, *, as_json: bool, sort: str, limit: int, containers: bool) -> None:
+    view = ViewState(sort=sort)
     if containers:
-        rows: list[ContainerRow] = container_rows(bds)
-        rows.sort(key=_container_key(sort))
+        order = select_rows(frame.containers, view)
         if limit:
-            rows = rows[:limit]
+            order = order[:limit]
+        by_id = {r.key: r for r in order}
+        summaries = [frame.container_summaries[k] for k in by_id if k in frame.container_summaries]
         if as_json:
             click.echo(json.dumps({"containers": [
-                {"container_id": r.container_id, "runtime": r.runtime, "pod_uid": r.pod_uid, "pids": r.pids,
-                 "rss_bytes": r.rss_bytes, "categories": r.categories} for r in rows], "errors": errors}))
+                {"container_id": sm.id, "runtime": sm.info.runtime if sm.info else "-",
+                 "pod_uid": sm.info.pod_uid if sm.info else None, "pids": sorted(b.pid for b in sm.members),
+                 "rss_bytes": sm.rss_bytes, "categories": sm.categories, "growth": growth_json(sm.growth),
+                 "limit_bytes": sm.memory.limit_bytes if sm.memory else None,
+                 "working_set_bytes": sm.memory.working_set_bytes if sm.memory else None,
+                 "oom_eta_s": sm.oom_eta_s} for sm in summaries],
+                "errors": frame.errors, "observed_s": frame.observed_s}))
         else:
-            click.echo(container_table(rows))
+            click.echo(container_table(summaries))
         return
-    bds.sort(key=_process_key(sort))
+    rows = select_rows(frame.processes, view)
     if limit:
-        bds = bds[:limit]
+        rows = rows[:limit]
+    bds = [frame.breakdowns[r.pid] for r in rows if r.pid is not None]
+    growth = {r.pid: r.growth for r in rows if r.pid is not None}
     if as_json:
-        click.echo(json.dumps({"processes": [b.to_json() for b in bds], "errors": errors}))
+        procs = []
+        for b in bds:
+            doc = b.to_json()
+            doc["growth"] = growth_json(growth[b.pid])
+            procs.append(doc)
+        click.echo(json.dumps({"processes": procs, "errors": frame.errors, "observed_s": frame.observed_s}))
     else:
-        click.echo(process_table(bds))
-        if errors:
-            click.echo(f"\n(skipped: {', '.join(f'{k}={v}' for k, v in errors.items())})", err=True)
+        click.echo(process_table(bds, growth if frame.observed_s > 0 else None))
+        if frame.errors:
+            click.echo(f"\n(skipped: {', '.join(f'{k}={v}' for k, v in frame.errors.items())})", err=True)
 
 
 @click.command("top")
@@ -72,23 +79,28 @@ def _print_once(bds: list[Breakdown], errors: dict[str, int], *, as_json: bool, 
 @click.option("--containers", is_flag=True, help="One row per container instead of per process.")
 @click.option("--jvm/--no-jvm", default=False, help="Attach to JVMs for NMT categories (slower).")
 @click.option("--interval", "-d", type=DURATION, default=2.0, show_default=True,
-              help="Seconds between refreshes of the live view.")
+              help="Seconds between refreshes of the live view (and between scans of --duration).")
+@click.option("--duration", type=DURATION, default=0.0, show_default=True,
+              help="With --once/--json: watch this long before printing, so rows carry growth and leak "
+                   "verdicts (the agent's policy; points at most every 10 s).")
 @click.option("--profile-duration", type=DURATION, default=30.0, show_default=True,
               help="Length of the native-site profile started with `p` in the drill-down.")
 @click.option("--proc-root", default="/proc", show_default=True, hidden=True)
 def command(once: bool, as_json: bool, sort: str, limit: int, containers: bool, jvm: bool, interval: float,
-            profile_duration: float, proc_root: str) -> None:
+            duration: float, profile_duration: float, proc_root: str) -> None:
     """Show every process's (or container's) RSS broken down by category, live on a terminal.
 
     Keys: / search, s sort, r reverse, f filter, c processes/containers, Enter drill down, q quit.
     """
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    if once or as_json or not interactive:
-        bds, errors = scan_all(proc_root, jvm=jvm)
-        _print_once(bds, errors, as_json=as_json, sort=sort, limit=limit, containers=containers)
-        return
     if interval <= 0:
         fail("--interval must be positive", 2)
+    if duration < 0:
+        fail("--duration must not be negative", 2)
+    if once or as_json or not interactive:
+        frame = observe(Collector(proc_root=proc_root, jvm=jvm), duration, interval)
+        _print_once(frame, as_json=as_json, sort=sort, limit=limit, containers=containers)
+        return
     from nativewatch.tui import run_top
 
     run_top(proc_root=proc_root, jvm=jvm, refresh_s=interval, sort=sort, containers=containers,

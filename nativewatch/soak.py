@@ -1,9 +1,11 @@
 """Soak test: sample one process's breakdown over a run and fail when a category's floor keeps rising.
 
-The measurement is the agent's own (`nativewatch.growth`): per category, the floor slope of the samples
-taken after the warmup, and `leak_verdict` with the limit as the slope threshold and the agent's
-default fit threshold. A category *exceeds* the limit when the agent would call it a leak at that
-threshold, so a build that passes `soak` does not page anyone in production for the same growth.
+The measurement is the agent's own (`nativewatch.growth.assess`, one policy): per category, the growth
+of the samples taken after the warmup under the agent's policy with the limit as the slope threshold and
+the run as the window (`soak_policy`). A category *exceeds* the limit when the agent would call it a
+leak at that threshold, so a build that passes `soak` does not page anyone in production for the same
+growth. Each category also carries `growth`: the verdict of the agent's own defaults on the same
+samples, the object the agent's API and `top --json` show.
 
 Pure parts (rates, evaluation, text/JSON/SVG reports) take samples and return values; `run_soak` is the
 I/O edge: it samples through an injected function and watches an optional child process.
@@ -15,26 +17,25 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from xml.sax.saxutils import escape
 
 from nativewatch.errors import ProcessGone
-from nativewatch.growth import MIN_SAMPLES, FloorFit, fit_floor, leak_verdict
+from nativewatch.growth import MIN_SAMPLES, FloorFit, GrowthPolicy, LeakVerdict, assess
 from nativewatch.model import CATEGORIES, Breakdown
+from nativewatch.tracker import verdict_json
 from nativewatch.units import human_bytes, human_rate, parse_bytes
 
 __all__ = [
-    "DEFAULT_CATEGORIES", "DEFAULT_MAX_GROWTH", "MIN_FIT", "CategoryResult", "SoakReport", "SoakSample",
-    "chart_svg", "evaluate", "parse_rate", "report_json", "report_text", "run_soak",
+    "DEFAULT_CATEGORIES", "DEFAULT_MAX_GROWTH", "CategoryResult", "SoakReport", "SoakSample",
+    "chart_svg", "evaluate", "parse_rate", "report_json", "report_text", "run_soak", "soak_policy",
 ]
 
 # File-backed pages are page cache the kernel reclaims on its own (and a JVM or a big binary pages in
 # its code for minutes): growth there is not a leak, so it is only watched when asked for.
 DEFAULT_CATEGORIES: tuple[str, ...] = tuple(c for c in CATEGORIES if c != "file")
 DEFAULT_MAX_GROWTH = "5MB/h"
-MIN_FIT = 0.75
-"""The agent's default `min_leak_fit`: a floor must rise in this share of sub-windows to count."""
 
 _PER = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hr": 3600.0, "d": 86400.0}
 
@@ -71,13 +72,15 @@ class CategoryResult:
     fit: FloorFit
     first_bytes: int
     last_bytes: int
+    growth: LeakVerdict | None = None  # the agent's defaults on the same samples
 
     def to_json(self) -> dict[str, Any]:
         return {"slope_bytes_per_second": self.slope_bytes_per_second,
                 "limit_bytes_per_second": self.limit_bytes_per_second,
                 "exceeded": self.exceeded, "fit": self.fit.fit, "samples": self.fit.samples,
                 "window_s": self.fit.window_s, "first_bytes": self.first_bytes,
-                "last_bytes": self.last_bytes, "reason": self.reason}
+                "last_bytes": self.last_bytes, "reason": self.reason,
+                "growth": verdict_json(self.growth) if self.growth is not None else None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,20 +106,30 @@ class SoakReport:
         return "fail" if self.failures else "pass"
 
 
+def soak_policy(limit_bytes_per_second: float, base: GrowthPolicy | None = None) -> GrowthPolicy:
+    """The agent's policy with the limit as the slope threshold and the whole run as the window: the
+    user chose how long to run, so there is no minimum window beyond MIN_SAMPLES."""
+    base = base or GrowthPolicy()
+    return replace(base, window_s=math.inf, min_window_s=0.0, min_slope_bytes_per_second=limit_bytes_per_second)
+
+
 def evaluate(samples: Sequence[SoakSample], *, limit_bytes_per_second: float, watched: Sequence[str],
-             warmup_s: float, min_fit: float = MIN_FIT) -> dict[str, CategoryResult]:
-    """Floor slope and verdict per watched category over the samples taken after the warmup."""
+             warmup_s: float, policy: GrowthPolicy | None = None) -> dict[str, CategoryResult]:
+    """Growth and verdict per watched category over the samples taken after the warmup."""
+    agent = policy or GrowthPolicy()
+    judge = soak_policy(limit_bytes_per_second, agent)
     after = [s for s in samples if s.t_s >= warmup_s]
     ts = [s.t_s for s in after]
     out: dict[str, CategoryResult] = {}
     for cat in watched:
         vs = [float(s.categories.get(cat, 0)) for s in after]
-        fit = fit_floor(ts, vs)
-        # The window is whatever the user chose to run: no minimum beyond MIN_SAMPLES (checked apart).
-        v = leak_verdict(fit, min_slope_bytes_per_second=limit_bytes_per_second, min_window_s=0.0,
-                         min_fit=min_fit)
-        out[cat] = CategoryResult(cat, fit.bytes_per_second, limit_bytes_per_second, v.leak, v.reason, fit,
-                                  int(vs[0]) if vs else 0, int(vs[-1]) if vs else 0)
+        if not vs:
+            v = assess([], [], judge)
+            out[cat] = CategoryResult(cat, 0.0, limit_bytes_per_second, False, v.reason, v.fit, 0, 0, v)
+            continue
+        v = assess(ts, vs, judge)
+        out[cat] = CategoryResult(cat, v.bytes_per_second, limit_bytes_per_second, v.leak, v.reason, v.fit,
+                                  int(vs[0]), int(vs[-1]), assess(ts, vs, agent))
     return out
 
 

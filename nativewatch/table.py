@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
+from nativewatch.growth import LeakVerdict
 from nativewatch.model import CATEGORIES, Breakdown
+from nativewatch.tracker import ContainerSummary
 from nativewatch.units import human_bytes
 
-__all__ = ["process_table", "container_rows", "ContainerRow", "container_table", "snapshot_text", "short"]
+__all__ = ["process_table", "container_table", "snapshot_text", "short"]
 
 _SHORT = {"heap": "HEAP", "metaspace": "META", "thread": "THREAD", "direct": "DIRECT", "code": "CODE",
           "gc": "GC", "runtime": "RUNTIME", "native": "NATIVE", "file": "FILE", "shmem": "SHMEM"}
@@ -36,50 +37,46 @@ def _render(headers: list[str], rows: list[list[str]], right: set[int]) -> str:
     return "\n".join(lines)
 
 
-def process_table(bds: Sequence[Breakdown]) -> str:
+def _growth_cell(growth: Mapping[str, LeakVerdict] | None) -> str:
+    if not growth:
+        return "-"
+    cat, v = max(growth.items(), key=lambda kv: kv[1].bytes_per_second)
+    if v.bytes_per_second <= 0:
+        return "-"
+    rate = v.bytes_per_second
+    text = f"+{short(int(rate))}/s" if rate >= 1024 * 1024 / 60 else f"+{short(int(rate * 3600))}/h"
+    leak = [c for c, g in growth.items() if g.leak]
+    return f"{cat} {text}" + (" LEAK" if leak else "")
+
+
+def process_table(bds: Sequence[Breakdown], growth: Mapping[int, Mapping[str, LeakVerdict]] | None = None) -> str:
+    """One line per process; with ``growth`` (per pid) a GROWTH column: the fastest category's floor slope
+    and LEAK when any category has a verdict."""
     headers = ["PID", "COMM", "RUNTIME", "RSS", *[_SHORT[c] for c in CATEGORIES], "THR", "CONTAINER"]
+    if growth is not None:
+        headers.append("GROWTH")
     rows = []
     for b in bds:
         cid = b.container.id[:12] if b.container else "-"
-        rows.append([str(b.pid), b.comm[:16], b.runtime, short(b.rss_bytes),
-                     *[short(b.categories.get(c, 0)) for c in CATEGORIES], str(b.threads), cid])
+        row = [str(b.pid), b.comm[:16], b.runtime, short(b.rss_bytes),
+               *[short(b.categories.get(c, 0)) for c in CATEGORIES], str(b.threads), cid]
+        if growth is not None:
+            row.append(_growth_cell(growth.get(b.pid)))
+        rows.append(row)
     return _render(headers, rows, right=set(range(3, 3 + 1 + len(CATEGORIES) + 1)) | {0})
 
 
-@dataclass(slots=True)
-class ContainerRow:
-    container_id: str
-    runtime: str
-    pod_uid: str | None
-    pids: list[int]
-    rss_bytes: int
-    categories: dict[str, int]
-
-
-def container_rows(bds: Sequence[Breakdown]) -> list[ContainerRow]:
-    """Sum process breakdowns per container (processes outside containers group under "host")."""
-    groups: dict[str, ContainerRow] = {}
-    for b in bds:
-        key = b.container.id if b.container else "host"
-        row = groups.get(key)
-        if row is None:
-            row = ContainerRow(key, b.container.runtime if b.container else "-",
-                               b.container.pod_uid if b.container else None, [], 0, dict.fromkeys(CATEGORIES, 0))
-            groups[key] = row
-        row.pids.append(b.pid)
-        row.rss_bytes += b.rss_bytes
-        for c in CATEGORIES:
-            row.categories[c] += b.categories.get(c, 0)
-    return list(groups.values())
-
-
-def container_table(rows: Sequence[ContainerRow]) -> str:
-    headers = ["CONTAINER", "RUNTIME", "POD", "PROCS", "RSS", *[_SHORT[c] for c in CATEGORIES]]
+def container_table(rows: Sequence[ContainerSummary]) -> str:
+    headers = ["CONTAINER", "RUNTIME", "POD", "PROCS", "RSS", *[_SHORT[c] for c in CATEGORIES], "LIMIT",
+               "GROWTH"]
     out = []
     for r in rows:
-        out.append([r.container_id[:12], r.runtime, (r.pod_uid or "-")[:36], str(len(r.pids)),
-                    short(r.rss_bytes), *[short(r.categories[c]) for c in CATEGORIES]])
-    return _render(headers, out, right=set(range(3, 5 + len(CATEGORIES))))
+        info = r.info
+        lim = r.memory.limit_bytes if r.memory else None
+        out.append([r.id[:12], info.runtime if info else "-", ((info.pod_uid if info else None) or "-")[:36],
+                    str(len(r.members)), short(r.rss_bytes), *[short(r.categories[c]) for c in CATEGORIES],
+                    short(lim) if lim else "-", _growth_cell(r.growth)])
+    return _render(headers, out, right=set(range(3, 6 + len(CATEGORIES))))
 
 
 def snapshot_text(b: Breakdown) -> str:

@@ -19,7 +19,7 @@ from nativewatch.growth import NO_GROWTH, GrowthPolicy, LeakVerdict, assess, oom
 from nativewatch.model import CATEGORIES, Breakdown, ContainerInfo
 
 __all__ = [
-    "HOST", "ContainerMemoryFacts", "ContainerSummary", "SeriesHistory", "Tracker", "container_key",
+    "HOST", "SAMPLE_SPACING_S", "ContainerMemoryFacts", "ContainerSummary", "SeriesHistory", "Tracker", "container_key",
     "container_totals", "growth_json", "memory_facts", "process_key", "verdict_json",
 ]
 
@@ -27,6 +27,10 @@ HOST = "host"
 """The group of processes outside any container (`top` shows it; the agent exports containers only)."""
 
 SERIES: tuple[str, ...] = ("rss", *CATEGORIES)
+
+SAMPLE_SPACING_S = 10.0
+"""At most one point per this many seconds, the agent's scan interval: `top` refreshing every 2 s keeps
+the same evidence the agent has (and a fifth of the memory), so their verdicts agree."""
 
 
 def process_key(pid: int, start: int = 0) -> str:
@@ -195,6 +199,10 @@ class Tracker:
     def keep_only(self, keys: Iterable[str]) -> None:
         live = set(keys)
         self.forget([k for k in self.history if k not in live])
+
+    def drop_cached(self) -> None:
+        """Forget computed growth (the next read recomputes): what a refresh costs when every key moved."""
+        self._growth.clear()
 
     # --- reading ---------------------------------------------------------------------------------
     def growth(self, key: str) -> dict[str, LeakVerdict]:

@@ -24,12 +24,13 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, build_c
 
+from nativewatch.growth import GrowthPolicy
 from nativewatch.model import CATEGORIES
 from nativewatch.snapshot import take_snapshot
 from nativewatch.table import short
 from nativewatch.tui.app import DrillScreen, MainScreen, TopApp
 from nativewatch.tui.collect import Collector
-from nativewatch.tui.state import GrowthPolicy, ViewState
+from nativewatch.tui.state import ViewState
 from nativewatch.units import human_bytes
 
 MIB = 1024 * 1024
@@ -103,7 +104,8 @@ def parse_short(cell: str) -> float:
 
 def make_app(**policy) -> TopApp:
     pol = GrowthPolicy(**policy) if policy else GrowthPolicy()
-    return TopApp(Collector(policy=pol), refresh_s=0.5, view=ViewState(), profile_s=4.0)
+    # compressed time: a point per refresh, not one per 10 s as at the real cadence
+    return TopApp(Collector(policy=pol, min_spacing_s=0.0), refresh_s=0.5, view=ViewState(), profile_s=4.0)
 
 
 def test_table_and_drill_down_show_the_snapshot_numbers(procs):

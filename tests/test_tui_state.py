@@ -6,18 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nativewatch.growth import GrowthPolicy
 from nativewatch.model import CATEGORIES, Breakdown, ContainerInfo
+from nativewatch.tracker import ContainerMemoryFacts, SeriesHistory, Tracker
 from nativewatch.tui.render import compact_rate, eta_text, layout_for, render_row, sparkline, stacked_bar
-from nativewatch.tui.state import (
-    ContainerLimit,
-    GrowthPolicy,
-    History,
-    ViewState,
-    build_container_rows,
-    build_process_rows,
-    container_totals,
-    select_rows,
-)
+from nativewatch.tui.state import ViewState, build_container_rows, build_process_rows, select_rows
 
 MIB = 1024 * 1024
 T0 = 1_750_000_000.0
@@ -31,9 +24,9 @@ def bd(pid: int, comm: str, t: float, runtime: str = "native", container: Contai
                      sources=["smaps"], container=container, cmdline=[f"/bin/{comm}", "--flag"], timestamp=t)
 
 
-def record(history: History, bds: list[Breakdown]) -> None:
+def record(tracker: Tracker, bds: list[Breakdown]) -> None:
     for b in bds:
-        history.add(f"pid:{b.pid}", b.timestamp, b.rss_bytes, b.categories)
+        tracker.observe_breakdown(b)
 
 
 def frames(n: int = 40, step: float = 2.0) -> list[list[Breakdown]]:
@@ -51,11 +44,10 @@ def frames(n: int = 40, step: float = 2.0) -> list[list[Breakdown]]:
 
 
 def test_rows_carry_growth_leak_and_the_fastest_category():
-    h = History()
-    pol = GrowthPolicy(min_window_s=30)
+    h = Tracker(GrowthPolicy(min_window_s=30))
     for f in frames():
         record(h, f)
-    rows = {r.pid: r for r in build_process_rows(f, h, pol)}
+    rows = {r.pid: r for r in build_process_rows(f, h)}
     leak = rows[10]
     assert leak.top_category == "native" and leak.leak
     assert leak.growth["native"].bytes_per_second == pytest.approx(64 * 1024, rel=1e-6)
@@ -67,19 +59,18 @@ def test_rows_carry_growth_leak_and_the_fastest_category():
 
 
 def test_container_rows_sum_members_and_give_an_oom_eta_from_the_limit():
-    h = History()
-    pol = GrowthPolicy(min_window_s=30)
+    h = Tracker(GrowthPolicy(min_window_s=30))
     ctr = ContainerInfo(id="d" * 64, runtime="containerd", pod_uid="pod-2", cgroup="/kubepods/y")
+    limit = 512 * MIB
     for i in range(30):
         t = T0 + 2 * i
         members = [bd(40, "app", t, container=ctr, native=100 * MIB + MIB * i), bd(41, "x", t, container=ctr,
                                                                                      native=MIB)]
-        groups = container_totals(members)
-        for cid, (_m, cats) in groups.items():
-            h.add(f"ctr:{cid}", t, sum(cats.values()), cats)
-    limit = 512 * MIB
-    rows = build_container_rows(groups, h, pol, {"d" * 64: ContainerLimit(limit, 130 * MIB)})
+        summaries = h.containers(members, t, lambda info: ContainerMemoryFacts(None, 130 * MIB, limit))
+    rows = build_container_rows(summaries, h)
     (row,) = rows
+    procs = {r.pid: r for r in build_process_rows(members, h, {s.id: s for s in summaries})}
+    assert procs[40].oom_eta_s == row.oom_eta_s and procs[40].limit_bytes == limit
     assert row.procs == 2 and row.rss_bytes == 101 * MIB + 29 * MIB
     # growing 1 MiB per 2 s from a 130 MiB working set towards 512 MiB
     assert row.oom_eta_s == pytest.approx((limit - 130 * MIB) / (MIB / 2), rel=1e-6)
@@ -87,10 +78,10 @@ def test_container_rows_sum_members_and_give_an_oom_eta_from_the_limit():
 
 
 def test_select_rows_sorts_filters_and_searches():
-    h = History()
+    h = Tracker(GrowthPolicy(min_window_s=30))
     for f in frames():
         record(h, f)
-    rows = build_process_rows(f, h, GrowthPolicy(min_window_s=30))
+    rows = build_process_rows(f, h)
     assert [r.pid for r in select_rows(rows, ViewState())] == [30, 20, 10, 31]  # RSS, largest first
     assert [r.pid for r in select_rows(rows, ViewState(sort="pid"))] == [10, 20, 30, 31]
     assert [r.pid for r in select_rows(rows, ViewState(sort="pid", reverse=True))] == [31, 30, 20, 10]
@@ -106,7 +97,7 @@ def test_select_rows_sorts_filters_and_searches():
 
 
 def test_history_is_bounded_and_forgets_vanished_keys():
-    h = History(max_points=10, max_age_s=100)
+    h = SeriesHistory(max_points=10, max_age_s=100)
     for i in range(50):
         h.add("pid:1", T0 + i, i, {"native": i})
     assert len(h.times("pid:1")) == 10 and list(h.values("pid:1", "native")) == list(range(40, 50))
@@ -115,8 +106,10 @@ def test_history_is_bounded_and_forgets_vanished_keys():
     h.add("pid:2", T0, 1, {})
     h.add("pid:2", T0 + 500, 1, {})
     assert list(h.times("pid:2")) == [T0 + 500]  # older than max_age_s
-    h.keep_only(["pid:2"])
+    h.forget(["pid:1"])
     assert "pid:1" not in h and len(h) == 1
+    spaced = SeriesHistory(min_spacing_s=10)
+    assert [spaced.add("k", T0 + t, 1, {}) for t in (0, 2, 9.9, 10, 25)] == [True, False, False, True, True]
 
 
 def test_cells():
@@ -147,9 +140,9 @@ def test_stacked_bar_fills_exactly_its_width(cats, width):
 @settings(max_examples=100, deadline=None)
 @given(st.integers(20, 400), st.booleans(), st.text(max_size=40))
 def test_rows_are_exactly_the_terminal_width(width, containers, name):
-    h = History()
+    h = Tracker()
     b = bd(123456, name or "x", T0, native=3 * MIB, file=MIB)
     record(h, [b])
-    row = build_process_rows([b], h, GrowthPolicy())[0]
+    row = build_process_rows([b], h)[0]
     lay = layout_for(width, containers)
     assert render_row(row, lay).cell_length == width

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
+from nativewatch.growth import GrowthPolicy
 from nativewatch.tui.collect import Collector
-from nativewatch.tui.state import GrowthPolicy, ViewState
+from nativewatch.tui.state import ViewState
 
 __all__ = ["run_top"]
 
@@ -19,9 +20,6 @@ def run_top(*, proc_root: str = "/proc", jvm: bool = False, refresh_s: float = 2
     # a stale export (some shells and multiplexers pass one on) would freeze the UI at the wrong size.
     for var in ("COLUMNS", "LINES"):
         os.environ.pop(var, None)
-    policy = policy or GrowthPolicy()
-    # Enough samples to cover the growth window at this refresh rate, within sane memory bounds.
-    points = max(60, min(1200, int(policy.window_s / refresh_s) + 1))
-    collector = Collector(proc_root=proc_root, jvm=jvm, policy=policy, history_points=points)
+    collector = Collector(proc_root=proc_root, jvm=jvm, policy=policy or GrowthPolicy())
     TopApp(collector, refresh_s=refresh_s, view=ViewState(sort=sort, containers=containers),
            profile_s=profile_s).run()

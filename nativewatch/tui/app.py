@@ -26,10 +26,11 @@ from textual.widgets import Footer, Input, Static
 from nativewatch.errors import AccessDenied, NativewatchError, ProcessGone
 from nativewatch.model import CATEGORIES, Breakdown
 from nativewatch.runtimes.registry import runtime_named
+from nativewatch.tracker import Tracker
 from nativewatch.tui.collect import Collector, Frame
 from nativewatch.tui.drill import drill_renderable
 from nativewatch.tui.render import header_text, legend_text, printable
-from nativewatch.tui.state import FILTERS, SORTS, History, Row, ViewState, growth_of, select_rows
+from nativewatch.tui.state import FILTERS, SORTS, Row, ViewState, select_rows
 from nativewatch.tui.table import RowTable
 
 __all__ = ["TopApp", "MainScreen", "DrillScreen"]
@@ -58,8 +59,10 @@ class DrillScreen(Screen):
         super().__init__()
         self.pid = pid
         self.top = app_ref
-        self.history = History(max_points=app_ref.collector.history.max_points,
-                               max_age_s=app_ref.collector.history.max_age_s)
+        table = app_ref.collector.tracker
+        # Its own series (the drill-down attaches to JVMs, the table may not), judged the table's way.
+        self.tracker = Tracker(table.policy, max_points=table.history.max_points,
+                               min_spacing_s=table.history.min_spacing_s)
         self.last: Breakdown | None = None
         self.gone = False
         self.profile_status = ""
@@ -129,11 +132,11 @@ class DrillScreen(Screen):
             # The table's history has the same categories unless the scan saw this process without the
             # attach its runtime needs (a JVM without NMT).
             if not runtime_named(bd.runtime).needs_attach or self.top.collector.jvm:
-                ts, series = self.top.collector.series(f"pid:{self.pid}")
+                ts, series = self.top.collector.process_series(self.pid)
                 for i, t in enumerate(ts):
                     if t < bd.timestamp:
-                        self.history.add("pid", t, series["rss"][i], {c: series[c][i] for c in CATEGORIES})
-        self.history.add("pid", bd.timestamp, bd.rss_bytes, bd.categories)
+                        self.tracker.observe("pid", t, series["rss"][i], {c: series[c][i] for c in CATEGORIES})
+        self.tracker.observe("pid", bd.timestamp, bd.rss_bytes, bd.categories)
         self.last = bd
         self._render_body()
 
@@ -141,10 +144,8 @@ class DrillScreen(Screen):
         bd = self.last
         if bd is None or not self._live:
             return
-        ts = self.history.times("pid")
-        policy = self.top.collector.policy
-        growth = {c: growth_of(ts, self.history.values("pid", c), policy) for c in CATEGORIES}
-        hist = {c: list(self.history.values("pid", c)) for c in CATEGORIES}
+        ts, hist = self.tracker.series("pid")
+        growth = self.tracker.category_growth("pid")
         span = ts[-1] - ts[0] if len(ts) > 1 else 0.0
         row = self.top.row_for_pid(self.pid)
         live_sites = bd.extra.get("top_sites")

@@ -11,19 +11,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from nativewatch.model import CATEGORIES, Breakdown, ContainerInfo
+from nativewatch.growth import GrowthPolicy
+from nativewatch.model import Breakdown, ContainerInfo
 from nativewatch.scan import scan_all
 from nativewatch.snapshot import take_snapshot
-from nativewatch.tui.state import (
-    ContainerLimit,
-    GrowthPolicy,
-    History,
-    Row,
-    build_container_rows,
-    build_process_rows,
-    container_totals,
-    growth_of,
+from nativewatch.tracker import (
+    SAMPLE_SPACING_S,
+    ContainerMemoryFacts,
+    ContainerSummary,
+    Tracker,
+    container_key,
+    memory_facts,
+    process_key,
 )
+from nativewatch.tui.state import Row, build_container_rows, build_process_rows
 
 if TYPE_CHECKING:
     from nativewatch.malloc_profile.result import ProfileResult
@@ -42,28 +43,33 @@ class Frame:
     scan_s: float
     errors: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    container_summaries: dict[str, ContainerSummary] = field(default_factory=dict)  # by row key
+    observed_s: float = 0.0  # since the collector's first scan: how much history the growth rests on
 
 
-def _read_limit(info: ContainerInfo) -> ContainerLimit | None:
+def _read_memory(info: ContainerInfo) -> ContainerMemoryFacts | None:
     try:
         from nativewatch.sources.cgroup_memory import read_container_memory
     except ImportError:
         return None
     try:
-        mem = read_container_memory(info)
+        return memory_facts(read_container_memory(info))
     except Exception:  # noqa: BLE001 - a container that vanished or hides its cgroup has no limit to show
         return None
-    limit = mem.effective_limit_bytes or mem.limit_bytes
-    return ContainerLimit(limit, mem.working_set_bytes)
 
 
 class Collector:
     def __init__(self, *, proc_root: str = "/proc", jvm: bool = False, policy: GrowthPolicy | None = None,
-                 scan: ScanFn = scan_all, pids: list[int] | None = None, history_points: int = 300) -> None:
+                 scan: ScanFn = scan_all, pids: list[int] | None = None, history_points: int | None = None,
+                 min_spacing_s: float = SAMPLE_SPACING_S) -> None:
         self.proc_root = proc_root
         self.jvm = jvm
         self.policy = policy or GrowthPolicy()
-        self.history = History(max_points=history_points, max_age_s=max(900.0, self.policy.window_s))
+        # The agent's analyze stage, with the agent's spacing of points: the same evidence for a verdict.
+        points = history_points or int(self.policy.window_s / max(min_spacing_s, 1.0)) + 16
+        self.tracker = Tracker(self.policy, max_points=points, min_spacing_s=min_spacing_s)
+        self.containers: dict[str, ContainerSummary] = {}
+        self._first: float | None = None
         self.scan = scan
         self.pids = pids
         # History is written by the scan thread and read by the drill-down on the UI thread.
@@ -80,28 +86,24 @@ class Collector:
     def series(self, key: str) -> tuple[list[float], dict[str, list[int]]]:
         """A copy of one key's history: (times, {"rss"|category: values})."""
         with self._lock:
-            return (list(self.history.times(key)),
-                    {c: list(self.history.values(key, c)) for c in ("rss", *CATEGORIES)})
+            return self.tracker.series(key)
+
+    def process_series(self, pid: int) -> tuple[list[float], dict[str, list[int]]]:
+        return self.series(process_key(pid))
 
     def _frame(self, bds: list[Breakdown], errors: dict[str, int], scan_s: float, now: float) -> Frame:
         for b in bds:
-            self.history.add(f"pid:{b.pid}", b.timestamp or now, b.rss_bytes, b.categories)
-        groups = container_totals(bds)
-        for cid, (_members, cats) in groups.items():
-            self.history.add(f"ctr:{cid}", now, sum(cats.values()), cats)
-        self.history.keep_only([f"pid:{b.pid}" for b in bds] + [f"ctr:{cid}" for cid in groups])
-        limits: dict[str, ContainerLimit] = {}
-        for cid, (members, _cats) in groups.items():
-            info = members[0].container
-            if info is not None:
-                lim = _read_limit(info)
-                if lim is not None:
-                    limits[cid] = lim
-        ctr_rows = build_container_rows(groups, self.history, self.policy, limits)
-        ctr_growth = {cid: growth_of(self.history.times(f"ctr:{cid}"), self.history.values(f"ctr:{cid}", "rss"),
-                                     self.policy).bytes_per_second for cid in limits}
-        proc_rows = build_process_rows(bds, self.history, self.policy, limits, ctr_growth)
-        return Frame(now, proc_rows, ctr_rows, {b.pid: b for b in bds}, scan_s, errors)
+            self.tracker.observe_breakdown(b, b.timestamp or now)
+        summaries = self.tracker.containers(bds, now, _read_memory)
+        self.containers = {sm.id: sm for sm in summaries}
+        self.tracker.keep_only([process_key(b.pid) for b in bds] + [container_key(sm.id) for sm in summaries])
+        ctr_rows = build_container_rows(summaries, self.tracker)
+        proc_rows = build_process_rows(bds, self.tracker, self.containers)
+        if self._first is None:
+            self._first = now
+        return Frame(now, proc_rows, ctr_rows, {b.pid: b for b in bds}, scan_s, errors,
+                     container_summaries={container_key(sm.id): sm for sm in summaries},
+                     observed_s=now - self._first)
 
     # --- the drill-down's reads: through the collector, so the app never calls a source itself ----
     def drill(self, pid: int) -> Breakdown:

@@ -10,11 +10,11 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from nativewatch.growth import LeakVerdict
 from nativewatch.model import CATEGORIES, Breakdown
 from nativewatch.runtimes.base import DetailTable
 from nativewatch.runtimes.registry import runtime_named
 from nativewatch.tui.render import CATEGORY_STYLES, compact_rate, eta_text, printable, sparkline
-from nativewatch.tui.state import Growth
 from nativewatch.units import human_bytes
 
 __all__ = ["drill_renderable"]
@@ -51,7 +51,7 @@ def _details_table(dt: DetailTable) -> Table:
     return t
 
 
-def drill_renderable(bd: Breakdown, growth: dict[str, Growth], history: dict[str, Sequence[int]],
+def drill_renderable(bd: Breakdown, growth: dict[str, LeakVerdict], history: dict[str, Sequence[int]],
                      history_span_s: float, *, oom_eta_s: float | None = None,
                      sites: Sequence[dict[str, Any]] | None = None, sites_title: str = "",
                      profile_status: str = "", spark_width: int = 32) -> RenderableType:
@@ -87,7 +87,7 @@ def drill_renderable(bd: Breakdown, growth: dict[str, Growth], history: dict[str
             g.reason if g is not None and g.bytes_per_second > 0 else "", style="dim")
         t.add_row(Text(c, style=style), f"{v:,}", human_bytes(v), f"{100 * v / total:.1f}" if total else "0.0",
                   _bar(v, total, 20, style), compact_rate(g.bytes_per_second) if g else "0",
-                  f"{g.fit:.0%}" if g and g.bytes_per_second > 0 else "",
+                  f"{g.fit.fit:.0%}" if g and g.bytes_per_second > 0 else "",
                   Text(sparkline(history.get(c, ()), spark_width), style=style), verdict)
     parts: list[RenderableType] = [head, Text(""), t]
     rt = runtime_named(bd.runtime)
