@@ -44,21 +44,23 @@ class Mapping:
     def size(self) -> int:
         return self.end - self.start
 
+    # dict.get, not self.fields.get: the four hot fields are always present in a lazily parsed
+    # _SmapsFields, and its Python-level get() would be four extra calls per mapping in every scan.
     @property
     def rss(self) -> int:
-        return self.fields.get("Rss", 0)
+        return dict.get(self.fields, "Rss", 0)
 
     @property
     def pss(self) -> int:
-        return self.fields.get("Pss", 0)
+        return dict.get(self.fields, "Pss", 0)
 
     @property
     def anonymous(self) -> int:
-        return self.fields.get("Anonymous", 0)
+        return dict.get(self.fields, "Anonymous", 0)
 
     @property
     def swap(self) -> int:
-        return self.fields.get("Swap", 0)
+        return dict.get(self.fields, "Swap", 0)
 
     @property
     def deleted(self) -> bool:
@@ -123,7 +125,7 @@ def _is_header(line: bytes) -> bool:
     return b"-" in first and b":" not in first
 
 
-def _parse_header(line: bytes) -> Mapping | None:
+def _header_fields(line: bytes) -> tuple[int, int, str, int, str, int, str] | None:
     parts = line.split(None, 5)
     if len(parts) < 5:
         return None
@@ -137,8 +139,12 @@ def _parse_header(line: bytes) -> Mapping | None:
     if end < start:
         return None
     path = parts[5].rstrip(b"\n").strip().decode("utf-8", "surrogateescape") if len(parts) > 5 else ""
-    return Mapping(start, end, parts[1].decode("ascii", "replace"), offset,
-                   parts[3].decode("ascii", "replace"), inode, path)
+    return start, end, parts[1].decode("ascii", "replace"), offset, parts[3].decode("ascii", "replace"), inode, path
+
+
+def _parse_header(line: bytes) -> Mapping | None:
+    f = _header_fields(line)
+    return Mapping(*f) if f is not None else None
 
 
 def _parse_kb_field(line: bytes) -> tuple[str, int] | None:
@@ -191,6 +197,7 @@ class _SmapsFields(dict):  # type: ignore[type-arg]
     __slots__ = ("_raw", "_loaded")
 
     def __init__(self, hot: dict[str, int], raw: bytes) -> None:
+        # raw: the mapping's block, its header line first
         super().__init__(hot)
         self._raw = raw
         self._loaded = False
@@ -198,7 +205,8 @@ class _SmapsFields(dict):  # type: ignore[type-arg]
     def _load(self) -> None:
         if not self._loaded:
             self._loaded = True
-            for line in self._raw.split(b"\n"):
+            raw = self._raw
+            for line in raw[raw.find(b"\n") + 1:].split(b"\n"):  # the mapping's header line first
                 kv = _parse_kb_field(line)
                 if kv is not None:
                     dict.__setitem__(self, kv[0], kv[1])
@@ -259,52 +267,46 @@ def parse_smaps(data: bytes) -> SmapsResult:
     """
     if not data.endswith(b"\n") or b"\n\n" in data or b"\nVmFlags:" not in data:
         return _parse_smaps_lines(data)
+    # Kernel-shaped means every line is a mapping's header (one per VmFlags line), a "Key: N kB" line,
+    # VmFlags, THPeligible or ProtectionKey: counted once over the whole text, at C speed.
+    maps = data.count(b"\nVmFlags:")
+    if data.count(b"\n") != 2 * maps + data.count(b" kB\n") + data.count(b"\nTHPeligible:") + \
+            data.count(b"\nProtectionKey:"):
+        return _parse_smaps_lines(data)
     parts = data.split(b"\nVmFlags:")
     mappings: list[Mapping] = []
-    flags_of_prev: bytes | None = None
-    pending: tuple[bytes, bytes] | None = None
-    for n, part in enumerate(parts):
-        if n:
-            nl = part.find(b"\n")
-            flags_of_prev = part[:nl] if nl >= 0 else part
-            block = part[nl + 1:] if nl >= 0 else b""
-            if pending is not None:
-                m = _fast_mapping(pending[0], pending[1], flags_of_prev)
-                if m is None:
-                    return _parse_smaps_lines(data)
-                mappings.append(m)
-                pending = None
-        else:
-            block = part
-        if not block:
-            continue
-        nl = block.find(b"\n")
-        if nl < 0 or n == len(parts) - 1:
-            return _parse_smaps_lines(data)  # a mapping without its VmFlags line: not kernel-shaped
-        pending = (block[:nl], b"\n" + block[nl + 1:] + b"\n")
-    if pending is not None:
-        return _parse_smaps_lines(data)
+    append = mappings.append
+    block = parts[0]
+    for part in parts[1:]:
+        nl = part.find(b"\n")
+        m = _fast_mapping(block, part[:nl] if nl >= 0 else part)
+        if m is None:
+            return _parse_smaps_lines(data)
+        append(m)
+        block = part[nl + 1:] if nl >= 0 else b""
+    if block:
+        return _parse_smaps_lines(data)  # a mapping without its VmFlags line: not kernel-shaped
     return SmapsResult(tuple(mappings), ())
 
 
-def _fast_mapping(header: bytes, body: bytes, flags: bytes) -> Mapping | None:
-    lines = body.count(b"\n") - 1
-    if lines != body.count(b" kB\n") + body.count(b"\nTHPeligible:") + body.count(b"\nProtectionKey:"):
+def _fast_mapping(block: bytes, flags: bytes) -> Mapping | None:
+    """One mapping from its block (header line, then its "Key: N kB" lines; VmFlags apart)."""
+    nl = block.find(b"\n")
+    if nl < 0:
         return None
-    cur = _parse_header(header)
-    if cur is None:
+    head = _header_fields(block[:nl])
+    if head is None:
         return None
     hot: dict[str, int] = {}
     for needle, key in _HOT_KEYS:
-        i = body.find(needle)
+        i = block.find(needle, nl)
         if i >= 0:
-            j = body.find(b" kB\n", i)
+            j = block.find(b" kB", i)
             try:
-                hot[key] = int(body[i + len(needle): j]) * 1024
+                hot[key] = int(block[i + len(needle): j]) * 1024
             except ValueError:
                 return None
-    return Mapping(cur.start, cur.end, cur.perms, cur.offset, cur.dev, cur.inode, cur.path,
-                   _SmapsFields(hot, body), tuple(t.decode("ascii", "replace") for t in flags.split()))
+    return Mapping(*head, _SmapsFields(hot, block), tuple(flags.decode("ascii", "replace").split()))
 
 
 def _parse_smaps_lines(data: bytes) -> SmapsResult:
@@ -499,24 +501,29 @@ def wrap_exceptions(fn: Callable[P, T]) -> Callable[P, T]:
 
     sig = inspect.signature(fn)
 
+    def target(args: tuple[object, ...], kwargs: dict[str, object]) -> tuple[int, str]:
+        # Bound only on the error path: binding costs more than the read of a small /proc file.
+        bound = sig.bind(*args, **kwargs)
+        return int(bound.arguments["pid"]), str(bound.arguments.get("proc_root", "/proc"))  # type: ignore[call-overload]
+
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        bound = sig.bind(*args, **kwargs)
-        pid = int(bound.arguments["pid"])
-        proc_root = str(bound.arguments.get("proc_root", "/proc"))
         try:
             return fn(*args, **kwargs)
         except PermissionError as exc:
+            pid, proc_root = target(args, kwargs)
             # Confirmed, not assumed (psutil's zombie rule): an exiting process refuses its files.
             if _exited(pid, proc_root):
                 raise ProcessGone(pid) from None
             raise AccessDenied(pid, str(exc.filename or "")) from None
         except (FileNotFoundError, ProcessLookupError) as exc:
+            pid, proc_root = target(args, kwargs)
             if not _pid_alive(pid, proc_root):
                 raise ProcessGone(pid) from None
             raise exc
         except OSError as exc:
             # ESRCH from reading smaps of a process that exited between open() and read().
+            pid, proc_root = target(args, kwargs)
             if exc.errno == errno.ESRCH or not _pid_alive(pid, proc_root):
                 raise ProcessGone(pid) from None
             raise
