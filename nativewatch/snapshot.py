@@ -25,8 +25,24 @@ __all__ = ["take_snapshot", "ProcessFacts", "gather_facts", "shmem_devices", "pa
 _SHMEM_FSTYPES = {"tmpfs", "ramfs", "hugetlbfs", "devtmpfs"}
 
 
+_MOUNTINFO_SEEN: dict[bytes, frozenset[str]] = {}
+
+
 def parse_mountinfo_shmem(data: bytes) -> frozenset[str]:
-    """smaps-style device ids ("00:1a", hex) of every tmpfs-like mount in a mountinfo file."""
+    """smaps-style device ids ("00:1a", hex) of every tmpfs-like mount in a mountinfo file.
+
+    Every process of a mount namespace has the same text, so a scan parses each namespace's once."""
+    seen = _MOUNTINFO_SEEN.get(data)
+    if seen is not None:
+        return seen
+    devs = _parse_mountinfo_shmem(data)
+    if len(_MOUNTINFO_SEEN) >= 64:  # a few namespaces per node; never let targets grow this
+        _MOUNTINFO_SEEN.clear()
+    _MOUNTINFO_SEEN[data] = devs
+    return devs
+
+
+def _parse_mountinfo_shmem(data: bytes) -> frozenset[str]:
     devs: set[str] = set()
     for line in data.decode("utf-8", "replace").splitlines():
         left, sep, right = line.partition(" - ")
@@ -105,7 +121,8 @@ def gather_facts(pid: int, proc_root: str = "/proc") -> ProcessFacts:
     cmdline = procfs.read_cmdline(pid, proc_root)
     smaps = procfs.read_smaps(pid, proc_root)
     try:
-        sps = procfs.thread_stack_pointers(pid, proc_root)
+        # One thread: its stack is the [stack] mapping, no stack pointer needed (most small processes).
+        sps = procfs.thread_stack_pointers(pid, proc_root) if status.threads != 1 else {}
     except AccessDenied:
         sps = {}
     runtime = detect(ProcessInfo(pid, proc_root, comm, tuple(cmdline), smaps.mappings))
@@ -122,7 +139,7 @@ def gather_facts(pid: int, proc_root: str = "/proc") -> ProcessFacts:
     except (AccessDenied, OSError):
         cgroup_text = ""
     problems = list(attribution.problems) + list(smaps.problems[:5])
-    if sps == {} and status.threads:
+    if sps == {} and status.threads > 1:
         problems.append("thread stack pointers unreadable (needs CAP_SYS_PTRACE): stacks found from layout")
     if problems != list(attribution.problems):
         attribution = Attribution(attribution.runtime, attribution.categories, attribution.shares,

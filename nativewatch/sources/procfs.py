@@ -139,7 +139,20 @@ def _header_fields(line: bytes) -> tuple[int, int, str, int, str, int, str] | No
     if end < start:
         return None
     path = parts[5].rstrip(b"\n").strip().decode("utf-8", "surrogateescape") if len(parts) > 5 else ""
-    return start, end, parts[1].decode("ascii", "replace"), offset, parts[3].decode("ascii", "replace"), inode, path
+    return start, end, _short_text(parts[1]), offset, _short_text(parts[3]), inode, path
+
+
+_SHORT: dict[bytes, str] = {}
+
+
+def _short_text(raw: bytes) -> str:
+    """perms and dev: a handful of distinct values per machine, decoded once."""
+    s = _SHORT.get(raw)
+    if s is None:
+        s = raw.decode("ascii", "replace")
+        if len(_SHORT) < 4096:
+            _SHORT[raw] = s
+    return s
 
 
 def _parse_header(line: bytes) -> Mapping | None:
@@ -289,6 +302,13 @@ def parse_smaps(data: bytes) -> SmapsResult:
     return SmapsResult(tuple(mappings), ())
 
 
+def _hot(block: bytes, needle: bytes, start: int) -> int:
+    i = block.find(needle, start)
+    if i < 0:
+        return 0
+    return int(block[i + len(needle): block.find(b" kB", i)]) * 1024
+
+
 def _fast_mapping(block: bytes, flags: bytes) -> Mapping | None:
     """One mapping from its block (header line, then its "Key: N kB" lines; VmFlags apart)."""
     nl = block.find(b"\n")
@@ -297,15 +317,11 @@ def _fast_mapping(block: bytes, flags: bytes) -> Mapping | None:
     head = _header_fields(block[:nl])
     if head is None:
         return None
-    hot: dict[str, int] = {}
-    for needle, key in _HOT_KEYS:
-        i = block.find(needle, nl)
-        if i >= 0:
-            j = block.find(b" kB", i)
-            try:
-                hot[key] = int(block[i + len(needle): j]) * 1024
-            except ValueError:
-                return None
+    try:
+        hot = {"Rss": _hot(block, b"\nRss:", nl), "Pss": _hot(block, b"\nPss:", nl),
+               "Anonymous": _hot(block, b"\nAnonymous:", nl), "Swap": _hot(block, b"\nSwap:", nl)}
+    except ValueError:
+        return None
     return Mapping(*head, _SmapsFields(hot, block), tuple(flags.decode("ascii", "replace").split()))
 
 
