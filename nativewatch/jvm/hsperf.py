@@ -27,6 +27,10 @@ MAGIC = 0xCAFEC0C0
 MAX_FILE_BYTES = 4 << 20  # PerfDataMemorySize defaults to 32 KiB (64 KiB on some builds); cap hostile files
 _UNITS = {1: "none", 2: "bytes", 3: "ticks", 4: "events", 5: "string", 6: "hertz"}
 _VARIABILITY = {1: "constant", 2: "monotonic", 3: "variable"}
+# Precompiled: a JVM's file has ~1,000 entries and a scan reads it for every JVM.
+_ENTRY = {o: struct.Struct(o + "iiiBBBBi") for o in "<>"}
+_LONG = {o: struct.Struct(o + "q") for o in "<>"}
+_J, _B = ord("J"), ord("B")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +65,15 @@ def parse_hsperfdata(data: bytes) -> PerfData:
     if major != 2:
         problems.append(f"unknown hsperfdata version {major}.{minor}; reading it as 2.x")
     off = entry_offset
+    entry = _ENTRY[order].unpack_from
+    long_at = _LONG[order].unpack_from
+    size = len(data)
     for i in range(max(0, min(num_entries, 100_000))):
-        if off < 32 or off + 20 > len(data):
+        if off < 32 or off + 20 > size:
             problems.append(f"entry {i}: offset {off} outside the file")
             break
-        elen, name_off, vlen, dtype, _flags, dunits, _dvar, data_off = struct.unpack_from(
-            order + "iiiBBBBi", data, off)
-        if elen < 20 or off + elen > len(data):
+        elen, name_off, vlen, dtype, _flags, dunits, _dvar, data_off = entry(data, off)
+        if elen < 20 or off + elen > size:
             problems.append(f"entry {i}: bad length {elen}")
             break
         end = off + elen
@@ -79,12 +85,12 @@ def parse_hsperfdata(data: bytes) -> PerfData:
         nul = data.find(b"\0", nstart, end)
         name = data[nstart:nul if nul >= 0 else end].decode("ascii", "replace")
         dstart = off + data_off
-        if dtype == ord("J") and vlen == 0:
+        if dtype == _J and vlen == 0:
             if not (off + 20 <= dstart and dstart + 8 <= end):
                 problems.append(f"{name}: bad data offset")
             else:
-                (values[name],) = struct.unpack_from(order + "q", data, dstart)
-        elif dtype == ord("B") and vlen > 0:
+                (values[name],) = long_at(data, dstart)
+        elif dtype == _B and vlen > 0:
             if not (off + 20 <= dstart and dstart + vlen <= end):
                 problems.append(f"{name}: bad data offset")
             else:
