@@ -6,7 +6,7 @@ thread's task/TID/syscall. The "raw" side only reads the bytes; the "breakdown" 
 nativewatch's scan (read + parse + attribute + container identity). Rounds alternate A/B so machine
 drift hits both; the ratio of medians is printed.
 
-    .venv/bin/python benchmarks/bench_breakdown.py [--rounds 7] [--no-workload]
+    .venv/bin/python benchmarks/bench_breakdown.py [--rounds 15] [--no-workload]
 
 By default it first starts a representative node workload beside whatever already runs: a JVM with a
 512 MiB pre-touched heap and 4 C programs holding 200 MiB each across 8 threads (tiny idle shells alone
@@ -81,7 +81,7 @@ def start_workload() -> list[subprocess.Popen]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--no-workload", action="store_true", help="scan only what already runs")
     args = ap.parse_args()
     extra = [] if args.no_workload else start_workload()

@@ -418,10 +418,14 @@ def _refine(base: Attribution, regions: Sequence[Region], present: Callable[[int
             raw[name] = raw.get(name, 0) + v
             cats[design_category(name, has_other=has_other)] += v
         if uncovered:
-            keys = [k for k in CATEGORIES if sh.categories.get(k, 0) > 0]
-            if not keys:
-                keys = ["native"]
-            split = apportion(uncovered, [sh.categories.get(k, 0) for k in keys])
+            if len(sh.categories) == 1 and next(iter(sh.categories.values())) > 0:
+                # The common case, a mapping wholly in one category: nothing to apportion.
+                keys, split = list(sh.categories), [uncovered]
+            else:
+                keys = [k for k in CATEGORIES if sh.categories.get(k, 0) > 0]
+                if not keys:
+                    keys = ["native"]
+                split = apportion(uncovered, [sh.categories.get(k, 0) for k in keys])
             for k, v in zip(keys, split, strict=True):
                 if k == "native" and sh.kind in POOL_KINDS:
                     pool += v
