@@ -22,9 +22,9 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from nativewatch.errors import ProcessGone
-from nativewatch.growth import MIN_SAMPLES, FloorFit, GrowthPolicy, LeakVerdict, assess
+from nativewatch.growth import MIN_SAMPLES, FloorFit, GrowthPolicy, LeakVerdict
 from nativewatch.model import CATEGORIES, Breakdown
-from nativewatch.tracker import verdict_json
+from nativewatch.tracker import Tracker, verdict_json
 from nativewatch.units import human_bytes, human_rate, parse_bytes
 
 __all__ = [
@@ -115,21 +115,23 @@ def soak_policy(limit_bytes_per_second: float, base: GrowthPolicy | None = None)
 
 def evaluate(samples: Sequence[SoakSample], *, limit_bytes_per_second: float, watched: Sequence[str],
              warmup_s: float, policy: GrowthPolicy | None = None) -> dict[str, CategoryResult]:
-    """Growth and verdict per watched category over the samples taken after the warmup."""
+    """Growth and verdict per watched category over the samples taken after the warmup: the analyze
+    stage's tracker, once under the soak's policy (the limit) and once under the agent's."""
     agent = policy or GrowthPolicy()
-    judge = soak_policy(limit_bytes_per_second, agent)
     after = [s for s in samples if s.t_s >= warmup_s]
-    ts = [s.t_s for s in after]
+    judged, plain = Tracker(soak_policy(limit_bytes_per_second, agent), max_points=len(after) + 1), \
+        Tracker(agent, max_points=len(after) + 1)
+    for s in after:
+        for tr in (judged, plain):
+            tr.observe("soak", s.t_s, s.rss_bytes, s.categories)
+    verdicts, agents = judged.growth("soak"), plain.growth("soak")
     out: dict[str, CategoryResult] = {}
     for cat in watched:
-        vs = [float(s.categories.get(cat, 0)) for s in after]
-        if not vs:
-            v = assess([], [], judge)
-            out[cat] = CategoryResult(cat, 0.0, limit_bytes_per_second, False, v.reason, v.fit, 0, 0, v)
-            continue
-        v = assess(ts, vs, judge)
+        v = verdicts[cat]
+        first = int(after[0].categories.get(cat, 0)) if after else 0
+        last = int(after[-1].categories.get(cat, 0)) if after else 0
         out[cat] = CategoryResult(cat, v.bytes_per_second, limit_bytes_per_second, v.leak, v.reason, v.fit,
-                                  int(vs[0]), int(vs[-1]), assess(ts, vs, agent))
+                                  first, last, agents[cat])
     return out
 
 
