@@ -36,10 +36,14 @@ DESIGN_METRICS = {
 def exported_metric_names() -> set[str]:
     """Every family the agent's exporter can emit, read from its source (counters get `_total`), so
     rules and dashboards are checked against what the agent really exposes."""
+    from nativewatch.runtimes.registry import registered
+
     text = EXPORTER.read_text() + HTTP.read_text()
     names = set(PROCESS_COLLECTOR)
     for kind, name in re.findall(r'(Gauge|Counter)MetricFamily\(\s*"(nativewatch_[a-z0-9_]+)"', text):
         names.add(name + "_total" if kind == "Counter" and not name.endswith("_total") else name)
+    # the runtimes' own gauge families, which the exporter renders from their declarations
+    names |= {g.name for rt in registered() for g in rt.gauges}
     return names
 
 
