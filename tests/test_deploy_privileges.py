@@ -218,8 +218,24 @@ def test_snapshot_of_another_users_process_works_with_exactly_these_capabilities
     assert not [p for p in snap["problems"] if "CAP_" in p or "denied" in p.lower()], snap["problems"]
 
 
-def test_snapshot_degrades_without_sys_ptrace_and_fails_without_mm_access(target):
-    degraded = snapshot(target, daemonset_capabilities() - {"SYS_PTRACE"})
+@pytest.fixture
+def threaded_target():
+    """Another user's process with two threads: its second thread's stack needs a stack pointer read
+    (a one-thread process has only [stack], so nothing would degrade)."""
+    proc = subprocess.Popen([SETPRIV, "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups",
+                             "/usr/bin/python3", "-c", "import threading, time; threading.Thread("
+                             "target=time.sleep, args=(600,), daemon=True).start(); print('ready', flush=True); "
+                             "time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield {"pid": proc.pid}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_snapshot_degrades_without_sys_ptrace_and_fails_without_mm_access(target, threaded_target):
+    degraded = snapshot(threaded_target, daemonset_capabilities() - {"SYS_PTRACE"})
     assert degraded.returncode == 0, degraded.stderr
     assert any("CAP_SYS_PTRACE" in p for p in json.loads(degraded.stdout)["problems"])
     denied = snapshot(target, daemonset_capabilities() - {"SYS_PTRACE", "PERFMON"})
