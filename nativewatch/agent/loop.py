@@ -14,13 +14,17 @@ Cadence, per scan:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from nativewatch import cachestats
@@ -213,11 +217,33 @@ class Agent:
             self.degraded["auto-capture"] = "disabled by configuration"
             return None
         try:
-            from nativewatch.malloc_profile import run_profile
+            import nativewatch.malloc_profile  # noqa: F401 - only whether the child will find it
         except ImportError as exc:
             self.degraded["auto-capture"] = f"nativewatch.malloc_profile not importable ({exc})"
             return None
-        return run_profile
+        return self._profile_in_child
+
+    def _profile_in_child(self, pid: int, duration_s: float, pprof: Path | None) -> dict[str, Any]:
+        """`nativewatch profile` as a child process: bcc compiles its uprobe program there, so the
+        compiler never stays resident in the agent. Stopped early (SIGTERM: it keeps what it has) when
+        the agent stops. Raises ProcessGone if the target exited, RuntimeError with the reason else."""
+        cmd = [sys.executable, "-m", "nativewatch.cli", "profile", "--pid", str(pid), "--duration",
+               f"{duration_s:g}s", "--mode", "sampled", "--json", "--proc-root", self.cfg.proc_root,
+               *(["-o", str(pprof)] if pprof is not None else [])]
+        with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) as child:
+            deadline = time.monotonic() + duration_s + 120  # compile + attach + the capture + writing
+            while child.poll() is None:
+                if self._stop.wait(0.2):
+                    child.terminate()
+                if time.monotonic() > deadline:
+                    child.kill()
+            out, err = child.communicate(timeout=30)
+        if child.returncode == 0 and out.strip():
+            return dict(json.loads(out))
+        if not os.path.exists(f"{self.cfg.proc_root}/{pid}"):
+            raise ProcessGone(pid)
+        raise RuntimeError((err.strip().splitlines() or [f"exit status {child.returncode}"])[-1][:300])
 
     def close(self) -> None:
         self._stop.set()
@@ -614,20 +640,18 @@ class Agent:
                                "dominant_category": "native"}
         try:
             assert self._profiler is not None
-            result = self._profiler(pid, cfg.auto_capture_duration_s, mode="sampled", stop=self._stop)
-            profile = result.to_json()
+            pprof: Path | None = cfg.evidence_dir / f"{doc['id']}.pb.gz"
+            try:
+                cfg.evidence_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # the JSON is kept (pending) even where the pprof cannot go
+                doc["problems"] = [f"pprof not written: {exc}"]
+                pprof = None
+            profile = self._profiler(pid, cfg.auto_capture_duration_s, pprof)
             doc["profile"] = profile
             sites = list(profile.get("sites", []))[: cfg.top_sites]
             self.sites[pid] = sites
-            try:
-                from nativewatch.malloc_profile import write_pprof
-
-                cfg.evidence_dir.mkdir(parents=True, exist_ok=True)
-                pprof = cfg.evidence_dir / f"{doc['id']}.pb.gz"
-                write_pprof(result, pprof)
+            if pprof is not None and pprof.exists():
                 doc["pprof"] = str(pprof)
-            except Exception as exc:  # noqa: BLE001 - keep the JSON even without the pprof file
-                doc["problems"] = [f"pprof not written: {exc}"]
         except ProcessGone:
             return
         except Exception as exc:  # noqa: BLE001 - a failed capture is recorded, not raised

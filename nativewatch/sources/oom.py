@@ -6,12 +6,13 @@ from the processes of that cgroup that vanished since the previous scan.
 
 from __future__ import annotations
 
-import ctypes
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nativewatch.sources.bpf import load_bpf, program_text
+from nativewatch.sources.bpf import ProgramSpec, load_one, program_text
+from nativewatch.sources.bpfsys import RingBuffer
 from nativewatch.sources.cgroup import CgroupMemory
 
 __all__ = ["OomEvent", "BpfOomWatcher", "CgroupOomWatcher"]
@@ -29,34 +30,49 @@ class OomEvent:
     shmem_rss_bytes: int | None = None
 
 
+# struct oom_event_t {u32 pid, uid; u64 total_vm_kb, anon_rss_kb, file_rss_kb, shmem_rss_kb, ts_ns;
+# char comm[16]} (bpf/oom_kill.c)
+_EVENT = struct.Struct("IIQQQQQ16s")
+
+
 class BpfOomWatcher:
+    """The oom:mark_victim program, attached by a short-lived loader; its ring buffer is read here by
+    descriptor (no bcc in this process)."""
+
     def __init__(self, ringbuf_pages: int = 8) -> None:
         self.defines = {"RINGBUF_PAGES": ringbuf_pages}
-        self.bpf = load_bpf("oom_kill.c", self.defines)
+        self.prog = load_one(ProgramSpec("oom_kill.c", self.defines, ("oom_events", "oom_stats")))
         self._pending: list[OomEvent] = []
-        self.bpf["oom_events"].open_ring_buffer(self._on_event)
+        try:
+            self.ring = RingBuffer(self.prog.map_fd("oom_events"), self._on_record)
+        except (OSError, ValueError):
+            self.prog.close()
+            raise
 
     def source(self) -> str:
         return program_text("oom_kill.c", self.defines)
 
-    def _on_event(self, _ctx: object, data: int, _size: int) -> None:
-        ev = self.bpf["oom_events"].event(data)
+    def _on_record(self, data: bytes) -> None:
+        if len(data) < _EVENT.size:
+            return
+        pid, _uid, _vm, anon, file_, shmem, _ts, comm = _EVENT.unpack_from(data)
         self._pending.append(OomEvent(
-            pid=int(ev.pid), comm=bytes(ev.comm).split(b"\0", 1)[0].decode("utf-8", "replace"),
-            source="bpf", ts=time.time(), anon_rss_bytes=int(ev.anon_rss_kb) * 1024,
-            file_rss_bytes=int(ev.file_rss_kb) * 1024, shmem_rss_bytes=int(ev.shmem_rss_kb) * 1024))
+            pid=int(pid), comm=comm.split(b"\0", 1)[0].decode("utf-8", "replace"), source="bpf", ts=time.time(),
+            anon_rss_bytes=int(anon) * 1024, file_rss_bytes=int(file_) * 1024, shmem_rss_bytes=int(shmem) * 1024))
 
     def poll(self) -> list[OomEvent]:
-        self.bpf.ring_buffer_poll(0)
+        self.ring.poll()
         out, self._pending = self._pending, []
         return out
 
     def stats(self) -> dict[str, int]:
-        t = self.bpf["oom_stats"]
-        return {"ringbuf_full": int(t[ctypes.c_int(0)].value), "kills_seen": int(t[ctypes.c_int(1)].value)}
+        t = self.prog.map("oom_stats")
+        full, seen = (struct.unpack("Q", t.lookup(struct.pack("I", i)) or bytes(8))[0] for i in (0, 1))
+        return {"ringbuf_full": int(full), "kills_seen": int(seen)}
 
     def close(self) -> None:
-        self.bpf.cleanup()
+        self.ring.close()
+        self.prog.close()
 
 
 class CgroupOomWatcher:

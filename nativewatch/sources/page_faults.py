@@ -10,9 +10,9 @@ the time an OOM post-mortem is written).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
+import struct
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
@@ -21,11 +21,14 @@ from typing import Any
 
 from nativewatch.errors import AccessDenied, ProcessGone
 from nativewatch.malloc_profile.symbolize import Symbolizer
-from nativewatch.sources.bpf import load_bpf, program_text
+from nativewatch.sources.bpf import ProgramSpec, load_one, program_text
 
 __all__ = ["FaultStack", "PageFaultSampler", "top_stacks", "with_return_hint"]
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_MAPS = ("fault_counts", "fault_stacks", "ret_hints", "fault_stats")
+_FAULT_KEY = struct.Struct("Ii")  # struct fault_key_t {u32 tgid; s32 stack_id}
+_U32, _U64 = struct.Struct("I"), struct.Struct("Q")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +137,9 @@ class PageFaultSampler:
         self.sample_every = sample_every
         self.defines = {"SAMPLE_EVERY": sample_every, "MAX_ENTRIES": max_entries,
                         "STACK_ENTRIES": stack_entries, "SKIP_TGID": os.getpid()}
-        self.bpf = load_bpf("page_faults.c", self.defines)
+        # Compiled and attached by a short-lived child: the agent reads the maps by descriptor and
+        # never keeps bcc's compiler resident (sources/bpfchild.py).
+        self.prog = load_one(ProgramSpec("page_faults.c", self.defines, _MAPS))
         self.symbols = _Symbols(proc_root)
         self.per_pid: dict[int, Counter[tuple[str, ...]]] = {}
         self.skipped_samples = 0  # samples of processes not worth a symbol cache (see collect)
@@ -143,9 +148,18 @@ class PageFaultSampler:
         return program_text("page_faults.c", self.defines)
 
     def stats(self) -> dict[str, int]:
-        table = self.bpf["fault_stats"]
-        vals = [int(table[ctypes.c_int(i)].value) for i in range(3)]
+        table = self.prog.map("fault_stats")
+        vals = [struct.unpack("Q", table.lookup(struct.pack("I", i)) or bytes(8))[0] for i in range(3)]
         return {"sampled": vals[0], "map_full": vals[1], "stack_lost": vals[2]}
+
+    def _stack(self, stack_id: int) -> tuple[int, ...]:
+        """The user stack's addresses, leaf first (the stack map's value ends at the first 0)."""
+        raw = self.prog.map("fault_stacks").lookup(struct.pack("I", stack_id))
+        if raw is None:
+            return ()
+        addrs = struct.unpack(f"{len(raw) // 8}Q", raw)
+        n = addrs.index(0) if 0 in addrs else len(addrs)
+        return addrs[:n]
 
     def collect(self, keep: set[int], interesting: set[int] | frozenset[int] = frozenset(),
                 min_samples: int = 8) -> None:
@@ -156,22 +170,13 @@ class PageFaultSampler:
         a symbol cache per process, so only pids already followed, pids in `interesting` (the ones the
         agent exports) and pids with at least `min_samples` new samples (growing fast) are kept; the
         rest is counted in `skipped_samples`."""
-        counts = self.bpf["fault_counts"]
-        stacks = self.bpf["fault_stacks"]
-        try:
-            # One syscall that reads and deletes: a fault counted meanwhile is not lost.
-            raw = list(counts.items_lookup_and_delete_batch())
-        except Exception:  # noqa: BLE001 - kernels/bcc without batch ops
-            raw = list(counts.items())
-            counts.clear()
-        # bcc yields ctypes values from items() but plain ints from the batch call.
-        items = [(k.tgid, k.stack_id, int(getattr(v, "value", v))) for k, v in raw]
+        # Read-and-delete in batches: a fault counted meanwhile is returned or stays, never lost.
+        raw = self.prog.map("fault_counts").pop_all()
+        items = [(*_FAULT_KEY.unpack(k), _U64.unpack(v)[0]) for k, v in raw]
         per_tgid: Counter[int] = Counter()
         for tgid, _sid, n in items:
             per_tgid[tgid] += n
-        hints_map = self.bpf["ret_hints"]
-        hints = {int(k.value): int(v.value) for k, v in hints_map.items()}
-        hints_map.clear()
+        hints = {_U32.unpack(k)[0]: _U64.unpack(v)[0] for k, v in self.prog.map("ret_hints").pop_all()}
         resolved: dict[int, tuple[int, ...]] = {}
         for tgid, stack_id, n in items:
             if tgid not in keep:
@@ -185,10 +190,7 @@ class PageFaultSampler:
             else:
                 addrs = resolved.get(stack_id)
                 if addrs is None:
-                    try:
-                        addrs = resolved[stack_id] = tuple(stacks.walk(stack_id))
-                    except KeyError:
-                        addrs = resolved[stack_id] = ()
+                    addrs = resolved[stack_id] = self._stack(stack_id)
                 try:
                     if addrs:
                         # the hint is the word at the stack pointer: a return address if anything
@@ -204,7 +206,7 @@ class PageFaultSampler:
             per[frames] += n
             if len(per) > 2 * self.MAX_STACKS_PER_PID:
                 self.per_pid[tgid] = Counter(dict(per.most_common(self.MAX_STACKS_PER_PID)))
-        stacks.clear()
+        self.prog.map("fault_stacks").clear()
         self.symbols.forget_all_but(keep)
         for pid in [p for p in self.per_pid if p not in keep]:
             del self.per_pid[pid]
@@ -222,4 +224,4 @@ class PageFaultSampler:
 
     def close(self) -> None:
         self.symbols.close()
-        self.bpf.cleanup()
+        self.prog.close()
