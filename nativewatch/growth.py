@@ -321,6 +321,9 @@ def _fast_verdict(ts: list[float], vs: list[float], w: float, min_rise: float, p
                        fit, tier=f"fast-{w:.0f}s")
 
 
+_FLAT: dict[tuple[int, float, float], LeakVerdict] = {}
+
+
 def assess(times: Sequence[float], values: Sequence[float], policy: GrowthPolicy) -> LeakVerdict:
     """The growth of one series under ``policy``: the window verdict, else the first fast verdict, else no
     leak with the window's slope and the reason. ``times`` increase (seconds)."""
@@ -328,9 +331,16 @@ def assess(times: Sequence[float], values: Sequence[float], policy: GrowthPolicy
         return LeakVerdict(False, f"too few samples ({len(values)} < {MIN_SAMPLES})",
                            FloorFit(0.0, 0.0, len(values), 0.0, float(values[-1]) if len(values) else 0.0, 0))
     first = values[0]
-    if all(v == first for v in values):
-        # Most series of most processes never move: skip the fits (the cost that scales with rows).
-        return LeakVerdict(False, "flat", FloorFit(0.0, times[-1] - times[0], len(values), 0.0, float(first), 0))
+    if values.count(first) == len(values):  # C-speed on arrays and lists
+        # Most series of most processes never move (most categories of most processes are 0): skip
+        # the fits and share the verdict object, the costs that scale with rows in `top`.
+        key = (len(values), times[-1] - times[0], first)
+        flat = _FLAT.get(key)
+        if flat is None:
+            if len(_FLAT) >= 4096:
+                _FLAT.clear()
+            flat = _FLAT[key] = LeakVerdict(False, "flat", FloorFit(0.0, key[1], key[0], 0.0, float(first), 0))
+        return flat
     ts, vs = _window(times, values, times[-1] - policy.window_s)
     fit = fit_floor(ts, vs)
     verdict = leak_verdict(fit, min_slope_bytes_per_second=policy.min_slope_bytes_per_second,

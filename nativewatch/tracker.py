@@ -94,13 +94,20 @@ class SeriesHistory:
                 del d[:drop]
         return True
 
+    # The arrays themselves when within bounds (read-only to callers): a copy per series per refresh
+    # was a third of `top`'s row-building time.
     def times(self, key: str) -> Sequence[float]:
         ts = self._t.get(key)
-        return ts[-self.max_points:] if ts is not None else ()
+        if ts is None:
+            return ()
+        return ts if len(ts) <= self.max_points else ts[-self.max_points:]
 
     def values(self, key: str, series: str) -> Sequence[int]:
         v = self._v.get(key)
-        return v[series][-self.max_points:] if v is not None else ()
+        if v is None:
+            return ()
+        vs = v[series]
+        return vs if len(vs) <= self.max_points else vs[-self.max_points:]
 
     def forget(self, keys: Iterable[str]) -> None:
         for k in keys:
@@ -205,22 +212,25 @@ class Tracker:
         self._growth.clear()
 
     # --- reading ---------------------------------------------------------------------------------
+    def _assess(self, key: str, series: tuple[str, ...]) -> dict[str, LeakVerdict]:
+        cached = self._growth.setdefault(key, {})
+        missing = [s for s in series if s not in cached]
+        if missing:
+            ts = self.history.times(key)
+            for s in missing:
+                cached[s] = assess(ts, self.history.values(key, s), self.policy) if ts else NO_GROWTH
+        return {s: cached[s] for s in series}
+
     def growth(self, key: str) -> dict[str, LeakVerdict]:
-        """Verdict per category (and "rss", the total) of one key; every key of CATEGORIES is present."""
-        cached = self._growth.get(key)
-        if cached is not None:
-            return cached
-        ts = self.history.times(key)
-        if not ts:
-            out = dict.fromkeys(SERIES, NO_GROWTH)
-        else:
-            out = {s: assess(ts, self.history.values(key, s), self.policy) for s in SERIES}
-        self._growth[key] = out
-        return out
+        """Verdict per category and of "rss" (the total) of one key."""
+        return self._assess(key, SERIES)
 
     def category_growth(self, key: str) -> dict[str, LeakVerdict]:
-        g = self.growth(key)
-        return {c: g[c] for c in CATEGORIES}
+        """Verdict per category (the total is only judged when asked: processes rarely need it)."""
+        return self._assess(key, CATEGORIES)
+
+    def total_growth(self, key: str) -> LeakVerdict:
+        return self._assess(key, ("rss",))["rss"]
 
     def series(self, key: str) -> tuple[list[float], dict[str, list[int]]]:
         return list(self.history.times(key)), {s: list(self.history.values(key, s)) for s in SERIES}
@@ -236,13 +246,14 @@ class Tracker:
                 continue
             key = container_key(cid)
             self.observe(key, t, sum(cats.values()), cats)
-            g = self.growth(key)
+            g = self.category_growth(key)
+            total = self.total_growth(key)
             info = members[0].container
             facts = memory(info) if memory is not None and info is not None else None
             eta = None
             if facts is not None and facts.limit_bytes:
                 usage = facts.working_set_bytes if facts.working_set_bytes is not None else sum(cats.values())
-                eta = oom_eta_s(usage, facts.limit_bytes, g["rss"].bytes_per_second)
-            out.append(ContainerSummary(cid, info, tuple(members), dict(cats), {c: g[c] for c in CATEGORIES},
-                                        g["rss"], facts, eta if eta is None or math.isfinite(eta) else None))
+                eta = oom_eta_s(usage, facts.limit_bytes, total.bytes_per_second)
+            out.append(ContainerSummary(cid, info, tuple(members), dict(cats), g, total, facts,
+                                        eta if eta is None or math.isfinite(eta) else None))
         return out
