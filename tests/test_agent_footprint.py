@@ -59,3 +59,22 @@ def test_agent_holds_its_programs_in_64_mib_and_sigkill_takes_them_away(tmp_path
     finally:
         leak.kill()
         leak.wait()
+
+
+@pytest.mark.slow
+def test_the_loader_child_works_with_exactly_the_daemonset_capabilities(tmp_path, bpf_available):
+    """The child that compiles the programs runs with the agent's capabilities (root with the
+    DaemonSet's bounding set, no new privileges): what the cluster gives the agent is enough for it,
+    and the agent reads the maps it handed over."""
+    from test_deploy_privileges import daemonset_capabilities, with_caps
+
+    prefix = tuple(with_caps(daemonset_capabilities(), ["true"])[:-1])  # setpriv ... --
+    with AgentProcess(tmp_path, prefix=prefix, interval_s=1.0) as agent:
+        health = agent.wait_ready(scans=3, timeout=120)
+        assert not any(k.startswith("bpf") for k in health.get("degraded", {})), health
+        status = Path(f"/proc/{agent.pid}/status").read_text()
+        bounding = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("CapBnd:")), 16)
+        assert bounding != (1 << 41) - 1, "the agent ran with every capability: the test proves nothing"
+        subprocess.run(["sh", "-c", "head -c 64000000 /dev/zero | tail -c 1 >/dev/null"], check=True)
+        agent.wait_scans(2)
+        assert (agent.metric("nativewatch_agent_bpf_events_total", program="page_faults") or 0) > 0
