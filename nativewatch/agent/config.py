@@ -53,6 +53,9 @@ class AgentConfig:
     page_fault_sample_every: int = 64
     page_fault_max_entries: int = 16384  # (pid, stack) counters in the kernel; overflow is counted
     page_fault_stack_entries: int = 8192
+    # Parsed symbol tables of the objects the page-fault stacks run through, bounded by symbols
+    # (~300 bytes each): 65,536 is about 19 MiB, libc is 9,500 symbols, libLLVM 36,700.
+    symbol_cache_symbols: int = 65536
     # Evidence that could not be written (state dir read-only or full) waits in memory, retried every
     # scan; past this many documents the oldest is dropped and counted.
     evidence_pending_max: int = 64
@@ -105,6 +108,8 @@ class AgentConfig:
             raise ConfigError("page_fault_max_entries and page_fault_stack_entries must be >= 1")
         if self.dead_max < 0:
             raise ConfigError("dead_max must be >= 0")
+        if self.symbol_cache_symbols < 1:
+            raise ConfigError("symbol_cache_symbols must be >= 1")
         if self.evidence_pending_max < 1:
             raise ConfigError("evidence_pending_max must be >= 1")
         return self

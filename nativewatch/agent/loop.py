@@ -84,6 +84,7 @@ class _Proc:
     rss_bytes: int
     kernel_thread: bool
     state: str = ""
+    own: bool = False  # a child of the agent (its BPF loader, a capture): never worth its symbols
     last: Breakdown | None = None
     last_full_t: float = 0.0
     last_nmt_t: float = 0.0
@@ -170,6 +171,9 @@ class Agent:
 
     # --- sources that may be missing -------------------------------------------------------------
     def _start_bpf(self) -> None:
+        from nativewatch.malloc_profile.elfimage import set_cache_budget
+
+        set_cache_budget(self.cfg.symbol_cache_symbols)
         try:
             self.oom_bpf = BpfOomWatcher()
         except SourceUnavailable as exc:
@@ -305,6 +309,7 @@ class Agent:
                 rec = self.procs[pid] = _Proc(pid, st.starttime, st.comm, st.rss_bytes,
                                               st.kernel_thread or pid == self_pid)
             rec.comm, rec.rss_bytes, rec.state = st.comm, st.rss_bytes, st.state
+            rec.own = st.ppid == self_pid
         for pid in [p for p in self.procs if p not in seen]:
             self._bury(self.procs.pop(pid), now)
 
@@ -312,8 +317,11 @@ class Agent:
         kills = self._poll_oom(now)
         if self.faults is not None:
             try:
-                interesting = {r.pid for r in self._capped()} | set(self.cfg.track)
-                self.faults.collect(set(self.procs) | {p.pid for p in self.dead.values()}, interesting)
+                # The agent's own children (a capture compiling its probes with bcc) fault through
+                # libLLVM: symbolizing that would cost the agent tens of MiB for nothing.
+                own = {r.pid for r in self.procs.values() if r.own}
+                interesting = ({r.pid for r in self._capped()} | set(self.cfg.track)) - own
+                self.faults.collect((set(self.procs) | {p.pid for p in self.dead.values()}) - own, interesting)
             except Exception:  # noqa: BLE001 - a map read failure costs only this scan's stacks
                 log.exception("page-fault stacks")
                 self.errors["bpf-page-faults"] += 1

@@ -241,6 +241,15 @@ def image_for_fd(fd: int) -> ElfImage:
     return img
 
 
+def set_cache_budget(symbols: int) -> None:
+    """Bound the parsed images by their symbols (about 300 bytes each in memory): a long-running
+    process sets what it can afford; images past it are evicted and parsed again when needed."""
+    global _MAX_CACHED_SYMBOLS
+    with _cache_lock:
+        _MAX_CACHED_SYMBOLS = max(1, int(symbols))
+        _trim_cache()
+
+
 def _trim_cache() -> None:
     """Evict least recently used files until within bounds; an image goes with its last file."""
     held = {id(i): i for i in _by_identity.values()}
