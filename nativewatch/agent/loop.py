@@ -84,7 +84,6 @@ class _Proc:
     rss_bytes: int
     kernel_thread: bool
     state: str = ""
-    own: bool = False  # a child of the agent (its BPF loader, a capture): never worth its symbols
     last: Breakdown | None = None
     last_full_t: float = 0.0
     last_nmt_t: float = 0.0
@@ -119,6 +118,7 @@ class Agent:
         self.procs: dict[int, _Proc] = {}
         self.dead: dict[tuple[int, int], _Proc] = {}
         self.containers: dict[str, _Container] = {}
+        self.own_children: set[int] = set()  # processes the agent started (captures): not symbolized
         # The analyze stage (history, growth, container totals): the same one top and soak use. Points
         # are kept per full breakdown (every full_interval_s, every scan while a process moves).
         self.tracker = Tracker(cfg.policy, max_points=int(cfg.window_s / cfg.interval_s) + 16)
@@ -236,13 +236,17 @@ class Agent:
                *(["-o", str(pprof)] if pprof is not None else [])]
         with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) as child:
-            deadline = time.monotonic() + duration_s + 120  # compile + attach + the capture + writing
-            while child.poll() is None:
-                if self._stop.wait(0.2):
-                    child.terminate()
-                if time.monotonic() > deadline:
-                    child.kill()
-            out, err = child.communicate(timeout=30)
+            self.own_children.add(child.pid)
+            try:
+                deadline = time.monotonic() + duration_s + 120  # compile + attach + capture + writing
+                while child.poll() is None:
+                    if self._stop.wait(0.2):
+                        child.terminate()
+                    if time.monotonic() > deadline:
+                        child.kill()
+                out, err = child.communicate(timeout=30)
+            finally:
+                self.own_children.discard(child.pid)
         if child.returncode == 0 and out.strip():
             return dict(json.loads(out))
         if not os.path.exists(f"{self.cfg.proc_root}/{pid}"):
@@ -309,7 +313,6 @@ class Agent:
                 rec = self.procs[pid] = _Proc(pid, st.starttime, st.comm, st.rss_bytes,
                                               st.kernel_thread or pid == self_pid)
             rec.comm, rec.rss_bytes, rec.state = st.comm, st.rss_bytes, st.state
-            rec.own = st.ppid == self_pid
         for pid in [p for p in self.procs if p not in seen]:
             self._bury(self.procs.pop(pid), now)
 
@@ -319,7 +322,7 @@ class Agent:
             try:
                 # The agent's own children (a capture compiling its probes with bcc) fault through
                 # libLLVM: symbolizing that would cost the agent tens of MiB for nothing.
-                own = {r.pid for r in self.procs.values() if r.own}
+                own = set(self.own_children)
                 interesting = ({r.pid for r in self._capped()} | set(self.cfg.track)) - own
                 self.faults.collect((set(self.procs) | {p.pid for p in self.dead.values()}) - own, interesting)
             except Exception:  # noqa: BLE001 - a map read failure costs only this scan's stacks
