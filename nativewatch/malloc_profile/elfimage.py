@@ -20,6 +20,7 @@ import os
 import re
 import stat
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ class Segment:
     executable: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class ElfImage:
     build_id: str
     is_static: bool            # no PT_INTERP: libc (and malloc) live in the executable itself
@@ -214,6 +215,10 @@ _cache_lock = threading.Lock()
 _MAX_CACHED_FILES = 1024
 _MAX_CACHED_SYMBOLS = 1_000_000
 _by_build_id: OrderedDict[str, ElfImage] = OrderedDict()
+# Every image still referenced anywhere (a symbolizer keeps the images of its process): one evicted
+# from the LRU above but still in use is found here instead of being parsed, and held, twice.
+_alive_by_identity: weakref.WeakValueDictionary[tuple[int, int, int, int], ElfImage] = weakref.WeakValueDictionary()
+_alive_by_build_id: weakref.WeakValueDictionary[str, ElfImage] = weakref.WeakValueDictionary()
 _by_identity: OrderedDict[tuple[int, int, int, int], ElfImage] = OrderedDict()
 cachestats.register("elf_files", lambda: len(_by_identity))
 cachestats.register("elf_images", lambda: len(_by_build_id))
@@ -224,18 +229,22 @@ def image_for_fd(fd: int) -> ElfImage:
     st = os.fstat(fd)
     ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     with _cache_lock:
-        hit = _by_identity.get(ident)
+        hit = _by_identity.get(ident) or _alive_by_identity.get(ident)
         if hit is not None:
+            _by_identity[ident] = hit
             _by_identity.move_to_end(ident)
-    if hit is not None:
-        return hit
+            _trim_cache()
+            return hit
     with os.fdopen(os.dup(fd), "rb") as f:
         img = load_image(f, DEBUG_BUILD_ID_DIR)
     with _cache_lock:
         if img.build_id:
             # same build id from another path/container: reuse the parsed tables
-            img = _by_build_id.setdefault(img.build_id, img)
+            img = _by_build_id.get(img.build_id) or _alive_by_build_id.get(img.build_id) or img
+            _by_build_id[img.build_id] = img
+            _alive_by_build_id[img.build_id] = img
         _by_identity[ident] = img
+        _alive_by_identity[ident] = img
         _by_identity.move_to_end(ident)
         _trim_cache()
     return img
