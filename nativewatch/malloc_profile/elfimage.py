@@ -233,6 +233,8 @@ def image_for_fd(fd: int) -> ElfImage:
         if hit is not None:
             _by_identity[ident] = hit
             _by_identity.move_to_end(ident)
+            if hit.build_id:
+                _by_build_id.setdefault(hit.build_id, hit)
             _trim_cache()
             return hit
     with os.fdopen(os.dup(fd), "rb") as f:
