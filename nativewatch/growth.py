@@ -108,8 +108,11 @@ def _buckets_minima(times: Sequence[float], values: Sequence[float], nbuckets: i
         return [(times[i], values[i])]
     width = span / nbuckets
     minima: dict[int, tuple[float, float]] = {}
-    for t, v in zip(times, values, strict=True):
-        b = min(int((t - t0) / width), nbuckets - 1)
+    n = len(times)
+    for i, (t, v) in enumerate(zip(times, values, strict=True)):
+        # Times so far apart that their difference overflows (hostile input, not a clock) are
+        # bucketed by rank instead.
+        b = min(int((t - t0) / width), nbuckets - 1) if math.isfinite(span) else min(i * nbuckets // n, nbuckets - 1)
         cur = minima.get(b)
         if cur is None or v < cur[1]:
             minima[b] = (t, v)

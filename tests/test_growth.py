@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nativewatch.growth import MIN_SAMPLES, FloorFit, assess, fit_floor, leak_verdict, oom_eta_s
+from nativewatch.growth import MIN_SAMPLES, FloorFit, GrowthPolicy, assess, fit_floor, leak_verdict, oom_eta_s
 
 MIB = 1024 * 1024
 
@@ -203,3 +203,12 @@ def test_slow_leak_in_a_big_sawtooth_with_the_agent_defaults(period_s):
     for n in range(1, len(ts) + 1):
         flat = assess(ts[:n], vs[:n], cfg.policy)
         assert not flat.leak, (n, flat.reason)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(finite, finite), max_size=120))
+def test_assess_never_crashes_on_any_series(pairs):
+    """The policy's entry point (what every front end calls) on arbitrary samples, times increasing."""
+    pairs = sorted(pairs)
+    v = assess([p[0] for p in pairs], [p[1] for p in pairs], GrowthPolicy())
+    assert isinstance(v.leak, bool) and v.bytes_per_second >= 0 and not math.isnan(v.bytes_per_second)
