@@ -199,7 +199,8 @@ def oom_eta_s(current_bytes: float, limit_bytes: float | None, slope: float) -> 
         return 0.0
     if not math.isfinite(slope) or slope <= 0:
         return None
-    return (limit_bytes - current_bytes) / slope
+    eta = (limit_bytes - current_bytes) / slope
+    return eta if math.isfinite(eta) else None  # a vanishing slope: no ETA, not infinity
 
 
 MIB = 1024 * 1024
@@ -297,8 +298,11 @@ def _steadiness(ts: Sequence[float], vs: Sequence[float]) -> float:
     for i in range(len(floor) - 2, -1, -1):
         floor[i] = min(floor[i], floor[i + 1])
     mid = min(max(bisect_left(ts, (ts[0] + ts[-1]) / 2), 1), len(ts) - 2)
-    early = (floor[mid] - floor[0]) / (ts[mid] - ts[0])
-    late = (floor[-1] - floor[mid]) / (ts[-1] - ts[mid])
+    d_early, d_late = ts[mid] - ts[0], ts[-1] - ts[mid]
+    if not (d_early > 0 and d_late > 0):
+        return 1.0  # repeated timestamps: a half without duration says nothing about the pace
+    early = (floor[mid] - floor[0]) / d_early
+    late = (floor[-1] - floor[mid]) / d_late
     return late / early if early > 0 else 1.0
 
 
