@@ -39,8 +39,7 @@ def _print_once(frame: Frame, *, as_json: bool, sort: str, limit: int, container
         order = select_rows(frame.containers, view)
         if limit:
             order = order[:limit]
-        by_id = {r.key: r for r in order}
-        summaries = [frame.container_summaries[k] for k in by_id if k in frame.container_summaries]
+        summaries = [frame.container_summaries[r.key] for r in order if r.key in frame.container_summaries]
         if as_json:
             click.echo(json.dumps({"containers": [
                 {"container_id": sm.id, "runtime": sm.info.runtime if sm.info else "-",

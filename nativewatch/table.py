@@ -6,10 +6,10 @@ from collections.abc import Mapping, Sequence
 
 from nativewatch.growth import LeakVerdict
 from nativewatch.model import CATEGORIES, Breakdown
-from nativewatch.tracker import ContainerSummary
+from nativewatch.tracker import ContainerSummary, fastest_category
 from nativewatch.units import human_bytes
 
-__all__ = ["process_table", "container_table", "snapshot_text", "short"]
+__all__ = ["compact_rate", "container_table", "process_table", "short", "snapshot_text"]
 
 _SHORT = {"heap": "HEAP", "metaspace": "META", "thread": "THREAD", "direct": "DIRECT", "code": "CODE",
           "gc": "GC", "runtime": "RUNTIME", "native": "NATIVE", "file": "FILE", "shmem": "SHMEM"}
@@ -37,16 +37,21 @@ def _render(headers: list[str], rows: list[list[str]], right: set[int]) -> str:
     return "\n".join(lines)
 
 
+def compact_rate(bps: float) -> str:
+    """Growth in at most 8 cells: per second when fast (>= 1 MiB/min), otherwise per hour."""
+    if bps <= 0:
+        return "0"
+    if bps >= 1024 * 1024 / 60:
+        return f"+{short(int(bps))}/s"
+    return f"+{short(int(bps * 3600))}/h"
+
+
 def _growth_cell(growth: Mapping[str, LeakVerdict] | None) -> str:
-    if not growth:
+    cat = fastest_category(growth) if growth else None
+    if growth is None or cat is None:
         return "-"
-    cat, v = max(growth.items(), key=lambda kv: kv[1].bytes_per_second)
-    if v.bytes_per_second <= 0:
-        return "-"
-    rate = v.bytes_per_second
-    text = f"+{short(int(rate))}/s" if rate >= 1024 * 1024 / 60 else f"+{short(int(rate * 3600))}/h"
-    leak = [c for c, g in growth.items() if g.leak]
-    return f"{cat} {text}" + (" LEAK" if leak else "")
+    return f"{cat} {compact_rate(growth[cat].bytes_per_second)}" + (
+        " LEAK" if any(g.leak for g in growth.values()) else "")
 
 
 def process_table(bds: Sequence[Breakdown], growth: Mapping[int, Mapping[str, LeakVerdict]] | None = None) -> str:

@@ -8,7 +8,6 @@ times and, for containers, a function that reads a container's memory cgroup.
 
 from __future__ import annotations
 
-import math
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -17,10 +16,11 @@ from typing import Any
 
 from nativewatch.growth import NO_GROWTH, GrowthPolicy, LeakVerdict, assess, oom_eta_s
 from nativewatch.model import CATEGORIES, Breakdown, ContainerInfo
+from nativewatch.sources.cgroup_memory import CgroupMemory
 
 __all__ = [
     "HOST", "SAMPLE_SPACING_S", "ContainerMemoryFacts", "ContainerSummary", "SeriesHistory", "Tracker", "container_key",
-    "container_totals", "growth_json", "memory_facts", "process_key", "verdict_json",
+    "container_totals", "fastest_category", "growth_json", "memory_facts", "process_key", "verdict_json",
 ]
 
 HOST = "host"
@@ -134,10 +134,19 @@ class ContainerMemoryFacts:
     limit_bytes: int | None
 
 
-def memory_facts(mem: Any) -> ContainerMemoryFacts:
-    """From a `CgroupMemory`: the one place that decides which limit counts."""
-    limit = getattr(mem, "effective_limit_bytes", None) or getattr(mem, "limit_bytes", None)
-    return ContainerMemoryFacts(getattr(mem, "usage_bytes", None), getattr(mem, "working_set_bytes", None), limit)
+def memory_facts(mem: CgroupMemory) -> ContainerMemoryFacts:
+    """The one place that decides which limit counts."""
+    return ContainerMemoryFacts(mem.usage_bytes, mem.working_set_bytes, mem.effective_limit_bytes or mem.limit_bytes)
+
+
+def fastest_category(growth: Mapping[str, LeakVerdict]) -> str | None:
+    """The category whose floor rises fastest (the first in CATEGORIES on a tie), None when none rises."""
+    top: str | None = None
+    for c in CATEGORIES:
+        g = growth.get(c)
+        if g is not None and g.bytes_per_second > 0 and (top is None or g.bytes_per_second > growth[top].bytes_per_second):
+            top = c
+    return top
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +263,5 @@ class Tracker:
             if facts is not None and facts.limit_bytes:
                 usage = facts.working_set_bytes if facts.working_set_bytes is not None else sum(cats.values())
                 eta = oom_eta_s(usage, facts.limit_bytes, total.bytes_per_second)
-            out.append(ContainerSummary(cid, info, tuple(members), dict(cats), g, total, facts,
-                                        eta if eta is None or math.isfinite(eta) else None))
+            out.append(ContainerSummary(cid, info, tuple(members), dict(cats), g, total, facts, eta))
         return out

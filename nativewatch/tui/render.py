@@ -15,7 +15,7 @@ from rich.text import Text
 from textual.strip import Strip
 
 from nativewatch.model import CATEGORIES
-from nativewatch.table import short
+from nativewatch.table import compact_rate, short
 from nativewatch.tui.state import Row
 
 __all__ = ["CATEGORY_STYLES", "Layout", "compact_rate", "eta_text", "header_text", "layout_for",
@@ -39,15 +39,6 @@ _SORTED = Style(bold=True, underline=True)
 def printable(text: str) -> str:
     """Names and command lines come from the target: control characters would drive the terminal."""
     return "".join(ch if ch.isprintable() else "?" for ch in text)
-
-
-def compact_rate(bps: float) -> str:
-    """Growth in at most 8 cells: per second when fast (>= 1 MiB/min), otherwise per hour."""
-    if bps <= 0:
-        return "0"
-    if bps >= 1024 * 1024 / 60:
-        return f"+{short(int(bps))}/s"
-    return f"+{short(int(bps * 3600))}/h"
 
 
 def eta_text(eta_s: float | None) -> str:

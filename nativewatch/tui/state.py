@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from nativewatch.growth import NO_GROWTH, LeakVerdict
 from nativewatch.model import CATEGORIES, Breakdown
 from nativewatch.runtimes.registry import names as runtime_names
-from nativewatch.tracker import ContainerSummary, Tracker, container_key, process_key
+from nativewatch.tracker import ContainerSummary, Tracker, container_key, fastest_category, process_key
 
 __all__ = ["FILTERS", "SORTS", "Row", "ViewState", "build_container_rows", "build_process_rows", "select_rows"]
 
@@ -54,12 +54,7 @@ class Row:
 
 def _grow_all(tracker: Tracker, key: str) -> tuple[dict[str, LeakVerdict], str | None]:
     growth = tracker.category_growth(key)
-    top: str | None = None
-    for c in CATEGORIES:
-        g = growth[c]
-        if g.bytes_per_second > 0 and (top is None or g.bytes_per_second > growth[top].bytes_per_second):
-            top = c
-    return growth, top
+    return growth, fastest_category(growth)
 
 
 def _spark(tracker: Tracker, key: str, series: str, n: int = 40) -> tuple[int, ...]:
