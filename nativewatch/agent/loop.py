@@ -86,6 +86,7 @@ class _Proc:
     state: str = ""
     last: Breakdown | None = None
     last_full_t: float = 0.0
+    full_rss_bytes: int = 0  # the cheap source's RSS when `last` was taken (compared like with like)
     last_nmt_t: float = 0.0
     growth: dict[str, LeakVerdict] = field(default_factory=dict)
     memcg: str | None = None  # path of the memory cgroup
@@ -377,7 +378,7 @@ class Agent:
             return now - rec.last_nmt_t >= self.cfg.nmt_interval_s
         if rec.pid in self.cfg.track:
             return True
-        if rec.last is not None and abs(rec.rss_bytes - rec.last.rss_bytes) >= self.cfg.moving_bytes:
+        if rec.last is not None and abs(rec.rss_bytes - rec.full_rss_bytes) >= self.cfg.moving_bytes:
             return True
         return now - rec.last_full_t >= self.cfg.full_interval_s
 
@@ -422,7 +423,7 @@ class Agent:
                 # Exiting (or being OOM-killed): its address space is already gone. Not a sample.
                 rec.last_full_t = now
                 continue
-            rec.last, rec.last_full_t = bd, now
+            rec.last, rec.last_full_t, rec.full_rss_bytes = bd, now, rec.rss_bytes
             if runtime_named(bd.runtime).needs_attach and jvm:
                 rec.last_nmt_t = now
                 self._attach_outcome(rec, bd, now)
