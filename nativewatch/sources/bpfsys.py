@@ -113,13 +113,9 @@ class BpfMap:
                 raise
             yield key
 
-    def items(self) -> list[tuple[bytes, bytes]]:
-        out = []
-        for k in list(self.keys()):
-            v = self.lookup(k)
-            if v is not None:
-                out.append((k, v))
-        return out
+    def u64s(self, n: int) -> list[int]:
+        """Slots 0..n-1 of a BPF_ARRAY of u64 (the programs' counters); a missing slot reads 0."""
+        return [struct.unpack("Q", self.lookup(struct.pack("I", i)) or bytes(8))[0] for i in range(n)]
 
     def clear(self) -> None:
         for k in list(self.keys()):

@@ -66,9 +66,8 @@ class BpfOomWatcher:
         return out
 
     def stats(self) -> dict[str, int]:
-        t = self.prog.map("oom_stats")
-        full, seen = (struct.unpack("Q", t.lookup(struct.pack("I", i)) or bytes(8))[0] for i in (0, 1))
-        return {"ringbuf_full": int(full), "kills_seen": int(seen)}
+        full, seen = self.prog.map("oom_stats").u64s(2)
+        return {"ringbuf_full": full, "kills_seen": seen}
 
     def close(self) -> None:
         self.ring.close()

@@ -148,9 +148,8 @@ class PageFaultSampler:
         return program_text("page_faults.c", self.defines)
 
     def stats(self) -> dict[str, int]:
-        table = self.prog.map("fault_stats")
-        vals = [struct.unpack("Q", table.lookup(struct.pack("I", i)) or bytes(8))[0] for i in range(3)]
-        return {"sampled": vals[0], "map_full": vals[1], "stack_lost": vals[2]}
+        sampled, full, lost = self.prog.map("fault_stats").u64s(3)
+        return {"sampled": sampled, "map_full": full, "stack_lost": lost}
 
     def _stack(self, stack_id: int) -> tuple[int, ...]:
         """The user stack's addresses, leaf first (the stack map's value ends at the first 0)."""
