@@ -10,6 +10,7 @@ process made resident meanwhile (its Rss growth, from /proc), within the samplin
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -42,6 +43,16 @@ def test_return_hint_only_restores_the_caller_of_a_frameless_libc_leaf():
 
 
 @pytest.mark.bpf
+def _stop(pid: int) -> None:
+    """SIGSTOP and wait until the process is really stopped (delivery is asynchronous)."""
+    os.kill(pid, signal.SIGSTOP)
+    for _ in range(500):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"pid {pid} did not stop")
+
+
 def test_page_fault_stacks_name_the_function_that_calls_memset(bpf_available):
     from nativewatch.sources.page_faults import PageFaultSampler
 
@@ -50,10 +61,15 @@ def test_page_fault_stacks_name_the_function_that_calls_memset(bpf_available):
     p = subprocess.Popen([str(prog), "leakset", "8192"], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        # The sampler's window and the RSS window must be the same: the program is stopped while its
+        # counters are read and its RSS measured (the first collect parses libc, which takes a while).
+        _stop(p.pid)
         sampler.collect({p.pid}, {p.pid})  # drop what came before "ready"
         sampler.per_pid.clear()
         rss0 = _rss(p.pid)
+        os.kill(p.pid, signal.SIGCONT)
         time.sleep(2.0)
+        _stop(p.pid)
         grown = _rss(p.pid) - rss0
         sampler.collect({p.pid}, {p.pid})
         top = sampler.top(p.pid, 3)
