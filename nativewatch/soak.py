@@ -124,7 +124,7 @@ def evaluate(samples: Sequence[SoakSample], *, limit_bytes_per_second: float, wa
     for s in after:
         for tr in (judged, plain):
             tr.observe("soak", s.t_s, s.rss_bytes, s.categories)
-    verdicts, agents = judged.growth("soak"), plain.growth("soak")
+    verdicts, agents = judged.category_growth("soak"), plain.category_growth("soak")
     out: dict[str, CategoryResult] = {}
     for cat in watched:
         v = verdicts[cat]

@@ -199,12 +199,10 @@ class Tracker:
             self._growth.pop(key, None)
         return kept
 
-    def observe_breakdown(self, b: Breakdown, t: float | None = None, start: int = 0) -> str:
-        """Record one breakdown; ``start`` (the process start time, when the caller has it) keeps a reused
-        pid's history apart."""
-        key = process_key(b.pid, start)
-        self.observe(key, b.timestamp if t is None else t, b.rss_bytes, b.categories)
-        return key
+    def observe_breakdown(self, b: Breakdown, t: float | None = None) -> None:
+        """Record one breakdown under its pid (callers that know the start time use `observe` with
+        `process_key(pid, start)`, as the agent does)."""
+        self.observe(process_key(b.pid), b.timestamp if t is None else t, b.rss_bytes, b.categories)
 
     def forget(self, keys: Iterable[str]) -> None:
         keys = list(keys)
@@ -229,10 +227,6 @@ class Tracker:
             for s in missing:
                 cached[s] = assess(ts, self.history.values(key, s), self.policy) if ts else NO_GROWTH
         return {s: cached[s] for s in series}
-
-    def growth(self, key: str) -> dict[str, LeakVerdict]:
-        """Verdict per category and of "rss" (the total) of one key."""
-        return self._assess(key, SERIES)
 
     def category_growth(self, key: str) -> dict[str, LeakVerdict]:
         """Verdict per category (the total is only judged when asked: processes rarely need it)."""

@@ -139,20 +139,8 @@ def _header_fields(line: bytes) -> tuple[int, int, str, int, str, int, str] | No
     if end < start:
         return None
     path = parts[5].rstrip(b"\n").strip().decode("utf-8", "surrogateescape") if len(parts) > 5 else ""
-    return start, end, _short_text(parts[1]), offset, _short_text(parts[3]), inode, path
-
-
-_SHORT: dict[bytes, str] = {}
-
-
-def _short_text(raw: bytes) -> str:
-    """perms and dev: a handful of distinct values per machine, decoded once."""
-    s = _SHORT.get(raw)
-    if s is None:
-        s = raw.decode("ascii", "replace")
-        if len(_SHORT) < 4096:
-            _SHORT[raw] = s
-    return s
+    # perms and dev: a handful of distinct values per machine, decoded once (the field-name cache)
+    return start, end, _key(parts[1]), offset, _key(parts[3]), inode, path
 
 
 def _parse_header(line: bytes) -> Mapping | None:
