@@ -1,8 +1,14 @@
 /* Outstanding native allocations per call site (issue 3).
  *
- * One session uprobe program (on_alloc) sits on every malloc-family entry point and on mmap; one
- * entry-only program (on_free) on free and munmap. Both are attached by nativewatch with
- * uprobe_multi links scoped to one pid, with a cookie naming the entry point.
+ * How the programs are attached depends on the kernel (the attach ladder, nativewatch/malloc_profile/
+ * attach.py); every way is scoped to one process and bound to file descriptors:
+ * - session (>= 6.13): on_alloc is one uprobe_multi *session* program on every malloc-family entry
+ *   point and on mmap; the kernel runs its return half only when the entry half returned 0 (sampled).
+ * - multi (>= 6.6): on_alloc on uprobe_multi entry links, on_alloc_ret on uretprobe_multi links at the
+ *   same points: every allocating call pays a return trap.
+ * - perf (>= 4.17): one perf-event uprobe per point; no attach cookies there, so each entry point gets
+ *   the on_alloc_kN / on_free_fN program with its kind built in, plus on_alloc_ret for returns.
+ * The entry-only on_free (cookie) or on_free_fN sits on free and munmap.
  *
  * Cost model: every call pays one uprobe trap and a per-CPU counter update. Only allocations picked
  * by byte sampling (a Poisson process over allocated bytes, mean INTERVAL) read the stack, return
@@ -10,16 +16,23 @@
  * hash lookup. Sites are aggregated here with sampling already scaled back, so user space only reads
  * summaries.
  *
- * Compile-time knobs (-D): TARGET_TGID, INTERVAL (bytes, mean sampling interval), EXACT (1 = record
+ * A sampled call's entry and return are matched on (thread, stack pointer at entry): at the return the
+ * stack pointer is one word above it, so nested allocator calls (operator new -> malloc) and return
+ * programs that run on every call cannot take each other's record.
+ *
+ * hits[] counts probe hits per CPU without atomics: user space turns their rate into the target's
+ * added CPU with the measured per-hit cost and stops the capture over budget (governor.py).
+ *
+ * The target's thread group id is config[0] (set by user space, so the same loaded program can be
+ * calibrated on a helper process first); 0 means no process.
+ *
+ * Compile-time knobs (-D): INTERVAL (bytes, mean sampling interval), EXACT (1 = record
  * every allocation), MAX_ALLOCS, MAX_SITES, MAX_STACKS, and NEST_LO/NEST_HI: the text of the object
  * whose operator new is probed. malloc calls made from there are the inside of a `new` that was
  * already seen (libstdc++'s new calls malloc), so they are skipped instead of counted twice. */
 #include <uapi/linux/ptrace.h>
 #include "malloc_sites.h"
 
-#ifndef TARGET_TGID
-#error "TARGET_TGID must be set"
-#endif
 #ifndef INTERVAL
 #define INTERVAL 524288
 #endif
@@ -64,6 +77,12 @@ struct pending_val {
     u64 ts_ns;
 };
 
+struct pending_key {
+    u32 tid;
+    u32 pad;
+    u64 sp;         /* stack pointer at entry (points at the return address) */
+};
+
 struct skip_range {
     u64 lo;
     u64 hi;
@@ -71,9 +90,12 @@ struct skip_range {
 
 BPF_HASH(allocs, u64, struct alloc_val, MAX_ALLOCS);
 BPF_HASH(sites, struct site_key, struct site_val, MAX_SITES);
-BPF_HASH(pending, u32, struct pending_val, 4096);
+/* LRU: a sampled call that never returns (longjmp, thread exit) ages out instead of filling it */
+BPF_TABLE("lru_hash", struct pending_key, struct pending_val, pending, 4096);
 BPF_STACK_TRACE(stacks, MAX_STACKS);
 BPF_ARRAY(counters, u64, N_COUNTERS);
+BPF_PERCPU_ARRAY(hits, u64, N_HITS);
+BPF_ARRAY(config, u64, 1);
 BPF_PERCPU_ARRAY(remaining, s64, 1);
 BPF_ARRAY(exp_table, u64, EXP_SLOTS);
 BPF_ARRAY(weight_table, u64, WEIGHT_SLOTS);
@@ -187,15 +209,39 @@ static __always_inline void release(u64 addr, int unmatched_counts)
 #endif
 }
 
-static __always_inline int alloc_return(struct pt_regs *ctx, u32 tid)
+static __always_inline void hit(u32 slot)
 {
-    struct pending_val *p = pending.lookup(&tid);
+    u64 *h = hits.lookup(&slot);
+    if (h)
+        *h += 1;
+}
+
+/* The target's thread group id, or 0 for any other process. */
+static __always_inline u32 target_tid(void)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 zero = 0;
+    u64 *tgid = config.lookup(&zero);
+    if (!tgid || *tgid == 0 || (id >> 32) != *tgid)
+        return 0;
+    return (u32)id;
+}
+
+/* Return half. `every_call`: this program runs after every allocating call (not only sampled ones),
+ * so a missing record is the normal case, not a lost event. */
+static __always_inline int alloc_return(struct pt_regs *ctx, u32 tid, int every_call)
+{
+    struct pending_key pk = {};
+    pk.tid = tid;
+    pk.sp = PT_REGS_SP(ctx) - 8;
+    struct pending_val *p = pending.lookup(&pk);
     if (!p) {
-        count(C_EVENTS_LOST);
+        if (!every_call)
+            count(C_EVENTS_LOST);
         return 0;
     }
     struct pending_val pv = *p;
-    pending.delete(&tid);
+    pending.delete(&pk);
 
     u64 ptr = PT_REGS_RC(ctx);
     if (pv.site.kind == K_POSIX_MEMALIGN) {
@@ -236,17 +282,10 @@ static __always_inline int alloc_return(struct pt_regs *ctx, u32 tid)
     return 0;
 }
 
-int on_alloc(struct pt_regs *ctx)
+/* Entry half: returns 0 when the call is sampled (its record waits for the return), 1 otherwise. */
+static __always_inline int alloc_entry(struct pt_regs *ctx, u32 tid, u32 kind)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    if ((id >> 32) != TARGET_TGID)
-        return 1;
-    /* Session probe: the same program runs at entry and (when entry returned 0) at return, where
-     * the instruction pointer is the caller's return address instead of the probed address. */
-    if (PT_REGS_IP(ctx) != bpf_get_func_ip(ctx))
-        return alloc_return(ctx, (u32)id);
-
-    u32 kind = (u32)bpf_get_attach_cookie(ctx);
+    hit(H_ALLOC);
     u64 size = 0, memptr = 0, old = 0;
     switch (kind) {
     case K_MALLOC:
@@ -318,22 +357,62 @@ int on_alloc(struct pt_regs *ctx)
     pv.size = size;
     pv.memptr = memptr;
     pv.ts_ns = bpf_ktime_get_ns();
-    u32 tid = (u32)id;
-    if (pending.lookup(&tid))
-        count(C_EVENTS_LOST);  /* nested sampled call: the outer one is given up */
-    pending.update(&tid, &pv);
+    struct pending_key pk = {};
+    pk.tid = tid;
+    pk.sp = PT_REGS_SP(ctx);
+    pending.update(&pk, &pv);
     return 0;
 }
 
-int on_free(struct pt_regs *ctx)
+int on_alloc(struct pt_regs *ctx)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    if ((id >> 32) != TARGET_TGID)
+    u32 tid = target_tid();
+    if (!tid)
+        return 1;
+    /* Session probe: the same program runs at entry and (when entry returned 0) at return, where
+     * the instruction pointer is the caller's return address instead of the probed address. On
+     * entry-only links the return half never comes here. */
+    if (PT_REGS_IP(ctx) != bpf_get_func_ip(ctx)) {
+        hit(H_RETURN);
+        return alloc_return(ctx, tid, 0);
+    }
+    return alloc_entry(ctx, tid, (u32)bpf_get_attach_cookie(ctx));
+}
+
+/* uretprobe (multi or perf links): after every allocating call. */
+int on_alloc_ret(struct pt_regs *ctx)
+{
+    u32 tid = target_tid();
+    if (!tid)
         return 0;
+    hit(H_RETURN);
+    return alloc_return(ctx, tid, 1);
+}
+
+/* perf-event uprobes carry no cookie: one program per entry point kind. */
+#define ALLOC_KIND_PROGRAM(k)                          \
+    int on_alloc_k##k(struct pt_regs *ctx)             \
+    {                                                  \
+        u32 tid = target_tid();                        \
+        return tid ? alloc_entry(ctx, tid, k) : 1;     \
+    }
+ALLOC_KIND_PROGRAM(1)
+ALLOC_KIND_PROGRAM(2)
+ALLOC_KIND_PROGRAM(3)
+ALLOC_KIND_PROGRAM(5)
+ALLOC_KIND_PROGRAM(6)
+ALLOC_KIND_PROGRAM(7)
+ALLOC_KIND_PROGRAM(8)
+ALLOC_KIND_PROGRAM(9)
+ALLOC_KIND_PROGRAM(10)
+
+
+static __always_inline int free_entry(struct pt_regs *ctx, u32 kind)
+{
+    hit(H_FREE);
     u64 addr = PT_REGS_PARM1(ctx);
     if (addr == 0)
         return 0;
-    u32 kind = (u32)bpf_get_attach_cookie(ctx);
     int unmatched_counts = kind == F_FREE;
 #if EXACT
     if (unmatched_counts) {
@@ -351,3 +430,17 @@ int on_free(struct pt_regs *ctx)
     release(addr, unmatched_counts);
     return 0;
 }
+
+int on_free(struct pt_regs *ctx)
+{
+    return target_tid() ? free_entry(ctx, (u32)bpf_get_attach_cookie(ctx)) : 0;
+}
+
+#define FREE_KIND_PROGRAM(k)                                \
+    int on_free_f##k(struct pt_regs *ctx)                   \
+    {                                                       \
+        return target_tid() ? free_entry(ctx, k) : 0;       \
+    }
+FREE_KIND_PROGRAM(1)
+FREE_KIND_PROGRAM(2)
+FREE_KIND_PROGRAM(3)

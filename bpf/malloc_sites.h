@@ -28,6 +28,12 @@
 #define C_SKIPPED_MMAP 6  /* mmaps made by the allocator or libc themselves (not counted twice) */
 #define N_COUNTERS 8
 
+/* hits[] slots (per CPU): probe hits, for the cost governor */
+#define H_ALLOC 0   /* allocating entry points */
+#define H_FREE 1    /* free, munmap, delete */
+#define H_RETURN 2  /* return halves */
+#define N_HITS 4
+
 #define WEIGHT_STEPS 256  /* weight table resolution: interval / 256 */
 #define WEIGHT_SLOTS 4097 /* covers sizes [0, 16 * interval]; above that the weight is 1 */
 #define EXP_SLOTS 1024

@@ -12,6 +12,8 @@ import click
 from nativewatch.clickutil import DURATION, SIZE, fail, pid_errors
 from nativewatch.errors import AccessDenied, ProcessGone, SourceUnavailable
 from nativewatch.malloc_profile import probes
+from nativewatch.malloc_profile.attach import RUNGS
+from nativewatch.malloc_profile.governor import DEFAULT_MAX_OVERHEAD, parse_overhead
 from nativewatch.malloc_profile.pprof import write_pprof
 from nativewatch.malloc_profile.resolve import resolve
 from nativewatch.malloc_profile.result import ProfileResult
@@ -23,10 +25,17 @@ def render_text(r: ProfileResult, top: int) -> str:
     lines = [f"pid {r.pid}: {r.mode} profile over {r.duration_s:.1f}s, allocator {r.allocator or '?'}"
              + (f", sampling every {human_bytes(r.sampling_interval_bytes)} on average"
                 if r.sampling_interval_bytes else "")
-             + (" (target exited)" if r.target_exited else ""),
+             + (" (target exited)" if r.target_exited else "")
+             + (f", attached via {r.via}" if r.via else ""),
              f"outstanding: {human_bytes(r.total_outstanding_bytes)} in {len(r.sites)} sites; lost: "
              + ", ".join(f"{k}={v}" for k, v in r.lost.items()),
              f"{'OUTSTANDING':>12} {'COUNT':>9} {'ALLOCATED':>12} {'AGE':>8}  SITE"]
+    if r.overhead:
+        budget = r.overhead.get("budget")
+        lines.insert(1, f"cost to the target: ~{r.overhead.get('estimated_mean', 0):.1%} of a core "
+                        f"(peak {r.overhead.get('estimated_peak', 0):.1%}; budget "
+                        f"{'none' if budget is None else f'{budget:.0%}'})"
+                        + (f"; {r.stopped_early}" if r.stopped_early else ""))
     for s in r.sites[:top]:
         age = f"{s.oldest_age_s:.1f}s" if s.oldest_age_s is not None else "-"
         lines.append(f"{human_bytes(s.outstanding_bytes):>12} {s.outstanding_allocations:>9} "
@@ -43,24 +52,30 @@ def render_text(r: ProfileResult, top: int) -> str:
               help="sampled: byte-based sampling (low overhead); exact: record every allocation.")
 @click.option("--interval", type=SIZE, default=str(DEFAULT_INTERVAL), show_default=True,
               help="Mean sampling interval in bytes (sampled mode).")
+@click.option("--via", type=click.Choice(list(RUNGS)), default=None,
+              help="Force how the probes attach (default: the best this kernel supports; see `doctor`).")
+@click.option("--max-overhead", default=f"{DEFAULT_MAX_OVERHEAD:.0%}", show_default=True,
+              help="Stop the capture early when it would cost the target more than this share of one core "
+                   "('none': no limit).")
 @click.option("--top", type=int, default=20, show_default=True, help="Rows in the table.")
 @click.option("--proc-root", default="/proc", show_default=True, hidden=True)
 @click.option("--dump-bpf", is_flag=True, hidden=True, help="Print the final BPF program and exit.")
-def command(pid: int, duration: float, as_json: bool, output: str | None, mode: str, interval: int, top: int,
-            proc_root: str, dump_bpf: bool) -> None:
+def command(pid: int, duration: float, as_json: bool, output: str | None, mode: str, interval: int,
+            via: str | None, max_overhead: str, top: int, proc_root: str, dump_bpf: bool) -> None:
     """Outstanding malloc/mmap memory by call stack (sites sorted by bytes, with age)."""
     if pid <= 0:
         fail(f"invalid pid: {pid}")
     if duration <= 0:
         fail("duration must be positive")
     try:
-        defines = probes.build_defines(pid, mode=mode, interval_bytes=interval)
+        budget = parse_overhead(max_overhead)
+        defines = probes.build_defines(mode=mode, interval_bytes=interval)
     except ValueError as exc:
         fail(str(exc))
     if dump_bpf:
         try:  # with the target's C++ nest range when it can be resolved
             plan = resolve(pid, proc_root)
-            defines = probes.build_defines(pid, mode=mode, interval_bytes=interval, nest_range=plan.nest_range)
+            defines = probes.build_defines(mode=mode, interval_bytes=interval, nest_range=plan.nest_range)
         except (ProcessGone, AccessDenied, SourceUnavailable):
             pass
         click.echo(probes.dump_source(defines))
@@ -74,7 +89,7 @@ def command(pid: int, duration: float, as_json: bool, output: str | None, mode: 
 
     try:
         result = run_profile(pid, duration, mode=mode, interval_bytes=interval, stop=stop, proc_root=proc_root,
-                             on_attached=attached)
+                             on_attached=attached, via=via, max_overhead=budget)
     except (ProcessGone, AccessDenied) as exc:
         pid_errors(pid, exc)
     except SourceUnavailable as exc:

@@ -78,6 +78,24 @@ def check_uprobes() -> Check:
                  "kernel needs CONFIG_UPROBES and CONFIG_UPROBE_EVENTS")
 
 
+def check_attach() -> Check:
+    """Which rung of the attach ladder allocation tracing gets here, and what that costs."""
+    from nativewatch.malloc_profile.attach import RUNG_COST, RUNG_KERNEL, RUNGS, supported_rungs
+
+    support = supported_rungs()
+    ok = [s.rung for s in support if s.ok]
+    if not ok:
+        return Check("attach", MISSING, "allocation probes cannot attach: "
+                     + "; ".join(f"{s.rung}: {s.reason}" for s in support),
+                     "`profile` and auto-capture need kernel >= 4.17 with uprobes, and root")
+    best = ok[0]
+    detail = f"`profile` attaches via {best} ({RUNG_COST[best]}); also available: {', '.join(ok[1:]) or 'none'}"
+    if best == RUNGS[0]:
+        return Check("attach", OK, detail)
+    return Check("attach", DEGRADED, detail + f"; {RUNGS[0]} needs kernel >= {RUNG_KERNEL[RUNGS[0]]}",
+                 "captures still work; on an allocation-heavy target they reach the overhead budget sooner")
+
+
 def check_tracefs() -> Check:
     tf = _tracefs()
     if tf is None:
@@ -176,4 +194,4 @@ def check_procfs() -> Check:
 
 def run_checks() -> list[Check]:
     return [check_procfs(), check_capabilities(), check_bpf_syscall(), check_bcc(), check_headers(),
-            check_uprobes(), check_tracefs(), check_btf(), check_cgroup()]
+            check_uprobes(), check_attach(), check_tracefs(), check_btf(), check_cgroup()]

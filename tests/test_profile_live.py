@@ -75,7 +75,7 @@ def start(binary: Path, *, env: dict[str, str] | None = None, argv: list[str] | 
 
 def profile_while(target: Target, commands: list[str], *, mode: str, interval: int = SAMPLED_INTERVAL,
                   duration: float = 120.0, stop_after: bool = True,
-                  max_allocs: int | None = None) -> tuple[ProfileResult, list[str]]:
+                  max_allocs: int | None = None, via: str | None = None) -> tuple[ProfileResult, list[str]]:
     """Attach, then run the commands in the target, then stop the profile: returns the result and
     the target's replies (its ground truth)."""
     replies: list[str] = []
@@ -94,8 +94,9 @@ def profile_while(target: Target, commands: list[str], *, mode: str, interval: i
     t = threading.Thread(target=drive)
     t.start()
     try:
+        # no cost limit: these tests check accuracy on deliberately allocation-heavy loops
         result = run_profile(target.pid, duration, mode=mode, interval_bytes=interval, stop=stop,
-                             on_attached=attached.set, max_allocs=max_allocs)
+                             on_attached=attached.set, max_allocs=max_allocs, max_overhead=None, via=via)
     finally:
         stop.set()
         t.join(60)
@@ -303,7 +304,8 @@ def test_sigkill_of_profiler_leaves_no_probe_and_target_runs_on(bpf_available, t
     state_dir = tmp_path / "state"
     env = {**os.environ, "NATIVEWATCH_STATE_DIR": str(state_dir)}
     exe = Path(sys.executable).parent / "nativewatch"
-    prof = subprocess.Popen([str(exe), "profile", "--pid", str(target.pid), "--duration", "120s"],
+    prof = subprocess.Popen([str(exe), "profile", "--pid", str(target.pid), "--duration", "120s",
+                             "--max-overhead", "none"],
                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert prof.stderr is not None
@@ -382,7 +384,7 @@ def test_cli_profile_json_contract_and_diff(bpf_available, nativewatch_cli, tmp_
         outs = []
         for rounds, name in ((300, "a"), (900, "b")):
             prof = subprocess.Popen([str(exe), "profile", "--pid", str(target.pid), "--duration", "60s", "--json",
-                                     "--mode", "exact", "-o", str(tmp_path / f"{name}.pb.gz")],
+                                     "--max-overhead", "none", "--mode", "exact", "-o", str(tmp_path / f"{name}.pb.gz")],
                                     stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             assert prof.stderr is not None and "profiling pid" in prof.stderr.readline()
             leaked = truth(target.ask(f"go {rounds}"), "leaked")
@@ -394,8 +396,10 @@ def test_cli_profile_json_contract_and_diff(bpf_available, nativewatch_cli, tmp_
         import json
 
         doc = json.loads(outs[0][0])
-        assert list(doc)[:6] == ["pid", "duration_s", "mode", "sampling_interval_bytes", "sites", "lost"]
+        assert list(doc)[:7] == ["pid", "duration_s", "mode", "sampling_interval_bytes", "via", "sites", "lost"]
         assert doc["pid"] == target.pid and doc["mode"] == "exact"
+        assert doc["via"] == "session"  # this kernel's best rung
+        assert doc["overhead"]["budget"] is None and doc["overhead"]["stopped"] is None
         assert set(doc["lost"]) >= {"events", "map_full", "unmatched_frees"}
         bytes_sorted = [s["outstanding_bytes"] for s in doc["sites"]]
         assert bytes_sorted == sorted(bytes_sorted, reverse=True)

@@ -31,8 +31,8 @@ def test_every_program_is_found_through_NATIVEWATCH_BPF_DIR(monkeypatch, tmp_pat
     assert text.startswith("#define RINGBUF_PAGES 8\n") and "#include <linux/sched.h>" in text
     assert "#define FROM_HEADER 7" in text and "int relocated;" in text
     # the malloc profiler reads the same directory through the same loader
-    dump = probes.dump_source(probes.build_defines(42, mode="exact", interval_bytes=4096))
-    assert "#define TARGET_TGID 42" in dump and "int malloc_relocated;" in dump
+    dump = probes.dump_source(probes.build_defines(mode="exact", interval_bytes=4096))
+    assert "#define EXACT 1" in dump and "int malloc_relocated;" in dump
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the loader refuses before looking when not root")
@@ -43,6 +43,6 @@ def test_a_missing_program_is_a_reason_not_a_crash(monkeypatch, tmp_path):
 
 
 def test_nest_range_defines_are_64_bit_constants():
-    d = probes.build_defines(1, mode="sampled", interval_bytes=1 << 19, nest_range=(0x1000, 0x2000))
+    d = probes.build_defines(mode="sampled", interval_bytes=1 << 19, nest_range=(0x1000, 0x2000))
     assert d["NEST_LO"] == "0x1000ULL" and d["NEST_HI"] == "0x2000ULL"
     assert "-DNEST_LO=0x1000ULL" in bpf.cflags(d)

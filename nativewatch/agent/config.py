@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nativewatch.growth import DEFAULT_WINDOW_S, GrowthPolicy
+from nativewatch.malloc_profile.governor import DEFAULT_MAX_OVERHEAD
 
 __all__ = ["AgentConfig", "ConfigError", "load_config", "parse_listen"]
 
@@ -68,6 +69,9 @@ class AgentConfig:
     auto_capture_min_growth_bytes: int = 64 * 1024 * 1024
     auto_capture_duration_s: float = 30.0
     auto_capture_cooldown_s: float = 3600.0
+    # Share of one core an automatic capture may cost its target before it stops early (0: no limit);
+    # the reasoning for the default is in malloc_profile/governor.py.
+    auto_capture_max_overhead: float | None = DEFAULT_MAX_OVERHEAD
     dead_grace_s: float = 120.0  # how long a vanished pid's history is kept for a late OOM event
     # At most this many vanished pids are kept meanwhile, the largest (the likeliest OOM victims):
     # a node where thousands of short-lived processes come and go must not hold all of them.
@@ -106,6 +110,8 @@ class AgentConfig:
             raise ConfigError("page_fault_sample_every must be >= 1")
         if self.page_fault_max_entries < 1 or self.page_fault_stack_entries < 1:
             raise ConfigError("page_fault_max_entries and page_fault_stack_entries must be >= 1")
+        if self.auto_capture_max_overhead is not None and not 0 <= self.auto_capture_max_overhead <= 64:
+            raise ConfigError("auto_capture_max_overhead must be a share of one core, 0 for no limit")
         if self.dead_max < 0:
             raise ConfigError("dead_max must be >= 0")
         if self.symbol_cache_symbols < 1:

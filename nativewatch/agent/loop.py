@@ -234,6 +234,7 @@ class Agent:
         the agent stops. Raises ProcessGone if the target exited, RuntimeError with the reason else."""
         cmd = [sys.executable, "-m", "nativewatch.cli", "profile", "--pid", str(pid), "--duration",
                f"{duration_s:g}s", "--mode", "sampled", "--json", "--proc-root", self.cfg.proc_root,
+               "--max-overhead", repr(self.cfg.auto_capture_max_overhead or 0),
                *(["-o", str(pprof)] if pprof is not None else [])]
         with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) as child:

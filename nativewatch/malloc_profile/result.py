@@ -54,6 +54,12 @@ class ProfileResult:
     sampled_allocations: int = 0
     start_time: float = 0.0         # wall clock (epoch seconds) when the probes were attached
     problems: tuple[str, ...] = field(default_factory=tuple)
+    via: str = ""                   # attach rung: session | multi | perf
+    overhead: dict[str, Any] | None = None  # governor.OverheadReport.to_json()
+
+    @property
+    def stopped_early(self) -> str | None:
+        return (self.overhead or {}).get("stopped")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,8 +67,10 @@ class ProfileResult:
             "duration_s": round(self.duration_s, 3),
             "mode": self.mode,
             "sampling_interval_bytes": self.sampling_interval_bytes,
+            "via": self.via,
             "sites": [s.to_json() for s in self.sites],
             "lost": dict(self.lost),
+            "overhead": self.overhead,
             "allocator": self.allocator,
             "allocator_kind": self.allocator_kind,
             "target_exited": self.target_exited,
@@ -81,7 +89,8 @@ class ProfileResult:
                    target_exited=bool(d.get("target_exited", False)),
                    sampled_allocations=int(d.get("sampled_allocations", 0)),
                    start_time=float(d.get("start_time", 0.0)),
-                   problems=tuple(str(p) for p in d.get("problems", [])))
+                   problems=tuple(str(p) for p in d.get("problems", [])), via=str(d.get("via", "")),
+                   overhead=dict(d["overhead"]) if isinstance(d.get("overhead"), dict) else None)
 
     @property
     def total_outstanding_bytes(self) -> int:

@@ -1,4 +1,5 @@
-"""run_profile: resolve -> load -> attach -> poll (symbolize new sites, publish top sites) -> detach.
+"""run_profile: resolve -> choose a rung -> load -> calibrate -> attach -> poll (govern the cost every
+tick; symbolize new sites and publish top sites every poll) -> detach.
 
 Sites are symbolized while the target is alive (on every poll, only keys not seen before), and the
 symbolizer keeps the mapped files open, so a target that exits mid-profile still gets named frames.
@@ -13,6 +14,9 @@ from pathlib import Path
 
 from nativewatch.errors import ProcessGone, SourceUnavailable
 from nativewatch.malloc_profile import probes
+from nativewatch.malloc_profile.attach import choose_rung
+from nativewatch.malloc_profile.calibrate import measure_costs
+from nativewatch.malloc_profile.governor import DEFAULT_MAX_OVERHEAD, Governor
 from nativewatch.malloc_profile.resolve import resolve
 from nativewatch.malloc_profile.result import ProfileResult, Site, sort_sites
 from nativewatch.malloc_profile.state import remove_state, write_state
@@ -22,6 +26,7 @@ from nativewatch.sources.procfs import read_status
 __all__ = ["run_profile", "DEFAULT_INTERVAL"]
 
 DEFAULT_INTERVAL = 524288
+GOVERNOR_TICK_S = 0.1
 _SiteKey = tuple[int, int, int]
 
 
@@ -76,23 +81,27 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
                 stop: threading.Event | None = None, proc_root: str = "/proc",
                 on_attached: Callable[[], None] | None = None, poll_s: float = 1.0,
                 state_directory: Path | None = None, max_allocs: int | None = None,
-                top_n_state: int = 10) -> ProfileResult:
-    """Profile pid's outstanding native allocations for duration_s seconds (or until `stop` is set or
-    the target exits). Raises ProcessGone if pid is gone before attaching, SourceUnavailable if eBPF
-    cannot be used."""
+                top_n_state: int = 10, via: str | None = None,
+                max_overhead: float | None = DEFAULT_MAX_OVERHEAD) -> ProfileResult:
+    """Profile pid's outstanding native allocations for duration_s seconds (or until `stop` is set, the
+    target exits, or the capture would cost the target more than `max_overhead` of a core; None: no
+    limit). `via` forces an attach rung. Raises ProcessGone if pid is gone before attaching,
+    SourceUnavailable if eBPF cannot be used."""
     if duration_s <= 0:
         raise ValueError("duration must be positive")
     pid = _thread_group(pid, proc_root)
+    rung = choose_rung(via)
     plan = resolve(pid, proc_root)
-    defines = probes.build_defines(pid, mode=mode, interval_bytes=interval_bytes, max_allocs=max_allocs,
+    defines = probes.build_defines(mode=mode, interval_bytes=interval_bytes, max_allocs=max_allocs,
                                    nest_range=plan.nest_range)
-    loaded = probes.load(defines, mode=mode, interval_bytes=interval_bytes)
+    loaded = probes.load(defines, mode=mode, interval_bytes=interval_bytes, rung=rung)
     sym = Symbolizer(pid, proc_root, allocator_ranges=plan.allocator_ranges,
                      allocator_symbols=plan.allocator_symbols)
     col = _Collector(loaded, sym)
     exited = False
     state_problem: list[str] = []
     try:
+        governor = Governor(max_overhead, measure_costs(loaded, plan, proc_root))
         try:
             probes.attach(loaded, plan)
         except SourceUnavailable:
@@ -101,19 +110,27 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
             raise
         t0 = time.monotonic()
         wall0 = time.time()
+        governor.observe(t0, probes.read_hits(loaded))
         if on_attached is not None:
             on_attached()
         deadline = t0 + duration_s
+        next_poll = t0 + poll_s
         while True:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 break
-            wait = min(poll_s, left)
+            wait = min(GOVERNOR_TICK_S, left, max(0.0, next_poll - now))
             if stop is not None:
                 if stop.wait(wait):
                     break
             else:
                 time.sleep(wait)
+            if governor.observe(time.monotonic(), probes.read_hits(loaded)):
+                break
+            if time.monotonic() < next_poll:
+                continue
+            next_poll += poll_s
             if not _alive(pid, proc_root):
                 exited = True
                 break
@@ -132,6 +149,7 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
                     state_problem.append(f"live state file not written: {exc}")
         probes.detach(loaded)
         elapsed = time.monotonic() - t0
+        governor.observe(time.monotonic(), probes.read_hits(loaded))
         now_ns = time.monotonic_ns()
         raw = probes.read_sites(loaded)
         oldest = probes.read_oldest(loaded)
@@ -143,7 +161,13 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
         remove_state(pid, state_directory)
     lost = {"events": counters["events_lost"], "map_full": counters["map_full"] + counters["sites_full"],
             "unmatched_frees": counters["unmatched_frees"], "stack_lost": counters["stack_lost"]}
+    overhead = governor.report()
     problems = list(plan.problems) + sym.problems + state_problem
+    if overhead.stopped:
+        problems.append(overhead.stopped)
+    if overhead.costs.source.startswith("default"):
+        problems.append(f"probe cost not measured, assumed {overhead.costs.alloc_ns:.0f} ns a hit: "
+                        f"{overhead.costs.source}")
     if mode == "sampled":
         problems.append("unmatched_frees is only counted in exact mode (in sampled mode most frees are "
                         "of unsampled blocks)")
@@ -151,4 +175,4 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
                          sampling_interval_bytes=interval_bytes if mode == "sampled" else 0, sites=sites,
                          lost=lost, allocator=plan.provider, allocator_kind=plan.provider_kind,
                          target_exited=exited, sampled_allocations=counters["sampled"], start_time=wall0,
-                         problems=tuple(problems))
+                         problems=tuple(problems), via=rung, overhead=overhead.to_json())
