@@ -80,6 +80,8 @@ def main() -> None:
             while time.monotonic() - start < args.hold:
                 time.sleep(min(10.0, max(0.0, args.hold - (time.monotonic() - start))))
                 samples.append((time.monotonic() - start, agent.rss()))
+                print(f"  t={samples[-1][0]:.0f}s agent RSS {samples[-1][1] / MIB:.1f} MiB", file=sys.stderr,
+                      flush=True)
             degraded = agent.health().get("degraded", {})
         rss_inproc = int(subprocess.run([sys.executable, "-c", IN_PROCESS], capture_output=True, text=True,
                                         check=True, cwd=ROOT).stdout.split()[-1])

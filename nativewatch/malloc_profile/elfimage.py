@@ -21,10 +21,11 @@ import re
 import stat
 import threading
 import weakref
+from array import array
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, overload
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -32,7 +33,7 @@ from elftools.elf.sections import SymbolTableSection
 
 from nativewatch import cachestats
 
-__all__ = ["ElfImage", "Segment", "load_image", "image_for_fd"]
+__all__ = ["ElfImage", "NameTable", "Segment", "load_image", "image_for_fd"]
 
 _MAX_SYMBOLS = 2_000_000
 
@@ -51,19 +52,123 @@ class Segment:
     executable: bool
 
 
+class NameTable(Sequence[str]):
+    """Symbol names in one bytes blob with an offset array: a long-running process holds the names
+    of every library it symbolizes, and as str objects (~50 bytes of overhead each, spread over
+    Python's small-object arenas) they cost several times their text and leave fragmented arenas
+    behind when an image is dropped. One blob and one array are two large allocations, returned to
+    the system when the image goes."""
+
+    __slots__ = ("_blob", "_offs")
+
+    def __init__(self, names: Iterable[str] = ()) -> None:
+        offs = array("Q", [0])
+        parts: list[bytes] = []
+        total = 0
+        for n in names:
+            b = n.encode("utf-8", "surrogateescape")
+            parts.append(b)
+            total += len(b)
+            offs.append(total)
+        self._blob = b"".join(parts)
+        self._offs = offs
+
+    @classmethod
+    def from_blob(cls, blob: bytes, offs: array[int]) -> NameTable:
+        """From names already concatenated: offs[i]..offs[i+1] is name i (len(offs) = names + 1)."""
+        t = cls()
+        t._blob, t._offs = blob, offs
+        return t
+
+    def __len__(self) -> int:
+        return len(self._offs) - 1
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("name index out of range")
+        return self._blob[self._offs[i]:self._offs[i + 1]].decode("utf-8", "surrogateescape")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, NameTable):
+            return self._blob == other._blob and self._offs == other._offs
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __hash__(self) -> int:
+        return hash(self._blob)
+
+
+# per-symbol flags
+_F_DYNSYM = 1   # from .dynsym
+_F_EXPORT = 2   # defined in .dynsym with global or weak binding
+_F_DEBUG = 4    # from a separate debug file: names addresses only, never a probe point
+
+
 @dataclass(frozen=True, slots=True, weakref_slot=True)
 class ElfImage:
+    """Symbols sorted by start address in parallel arrays; `functions`, `exports` and `sizes` are
+    built on first use (only probe planning asks for them, for a few allocator libraries)."""
     build_id: str
     is_static: bool            # no PT_INTERP: libc (and malloc) live in the executable itself
     segments: tuple[Segment, ...]
-    starts: tuple[int, ...]    # sorted symbol start vaddrs (FUNC symbols, symtab + dynsym)
-    ends: tuple[int, ...]
-    names: tuple[str, ...]
-    exports: dict[str, int] = field(default_factory=dict)   # defined dynsym FUNC -> vaddr
-    functions: dict[str, int] = field(default_factory=dict)  # every named FUNC -> vaddr (symtab wins)
-    sizes: dict[str, int] = field(default_factory=dict)
+    starts: array[int] = field(default_factory=lambda: array("Q"))  # sorted FUNC symbol start vaddrs
+    ends: array[int] = field(default_factory=lambda: array("Q"))
+    names: NameTable = field(default_factory=NameTable)
+    ranks: array[int] = field(default_factory=lambda: array("I"))  # order in the file (.symtab, .dynsym)
+    flags: bytes = b""
     plt_ranges: tuple[tuple[int, int], ...] = ()  # .plt* sections: jumps there leave the object
     problems: tuple[str, ...] = ()
+    _lazy: dict[str, dict[str, int]] = field(default_factory=dict, compare=False, repr=False)
+
+    def _in_file_order(self, want: int) -> Iterator[tuple[str, int, int]]:
+        """(name, start, end) of the symbols with any of `want` flags (0: all but debug ones), in
+        the order the file lists them, so the first of several same-named symbols wins."""
+        idx = sorted(range(len(self.ranks)), key=self.ranks.__getitem__)
+        for i in idx:
+            f = self.flags[i]
+            if f & _F_DEBUG or (want and not f & want):
+                continue
+            yield self.names[i], self.starts[i], self.ends[i]
+
+    def _table(self, key: str) -> dict[str, int]:
+        table = self._lazy.get(key)
+        if table is None:
+            table = {}
+            if key == "functions":
+                for name, start, _end in self._in_file_order(0):
+                    table.setdefault(name, start)
+            elif key == "sizes":
+                for name, start, end in self._in_file_order(0):
+                    table.setdefault(name, end - start)
+            else:
+                for name, start, _end in self._in_file_order(_F_EXPORT):
+                    table.setdefault(name.split("@")[0], start)
+            self._lazy[key] = table
+        return table
+
+    @property
+    def functions(self) -> dict[str, int]:
+        """Every named FUNC (symtab first) -> vaddr."""
+        return self._table("functions")
+
+    @property
+    def exports(self) -> dict[str, int]:
+        """Defined global/weak .dynsym FUNC -> vaddr (version suffix dropped)."""
+        return self._table("exports")
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """FUNC -> size (a size-0 symbol reads as 1)."""
+        return self._table("sizes")
 
     def in_plt(self, vaddr: int) -> bool:
         return any(lo <= vaddr < hi for lo, hi in self.plt_ranges)
@@ -113,12 +218,20 @@ def load_image(f: BinaryIO, debug_dir: str | None = DEBUG_BUILD_ID_DIR) -> ElfIm
         is_static = not any(s["p_type"] == "PT_INTERP" for s in elf.iter_segments())
         build_id = _build_id(elf)
     except (ELFError, OSError, ValueError, KeyError, AssertionError) as exc:  # hostile input
-        return ElfImage("", False, (), (), (), (), problems=(f"not a readable ELF: {exc}",))
+        return ElfImage("", False, (), problems=(f"not a readable ELF: {exc}",))
 
-    syms: list[tuple[int, int, str]] = []
-    exports: dict[str, int] = {}
-    functions: dict[str, int] = {}
-    sizes: dict[str, int] = {}
+    # Collected straight into arrays and one name buffer: a library's symbols as Python tuples and
+    # strings would be the peak of a parse (and its leftover, in fragmented arenas).
+    starts, ends, flags = array("Q"), array("Q"), bytearray()
+    blob, offs = bytearray(), array("Q", [0])
+
+    def add(start: int, end: int, name: str, flag: int) -> None:
+        starts.append(start)
+        ends.append(end)
+        flags.append(flag)
+        blob.extend(name.encode("utf-8", "surrogateescape"))
+        offs.append(len(blob))
+
     has_symtab = False
     for secname in (".symtab", ".dynsym"):
         try:
@@ -127,15 +240,15 @@ def load_image(f: BinaryIO, debug_dir: str | None = DEBUG_BUILD_ID_DIR) -> ElfIm
                 continue
             has_symtab = has_symtab or (secname == ".symtab" and isinstance(sec, SymbolTableSection))
             for value, size, name, bind in _func_symbols(sec, secname, problems):
-                syms.append((value, value + max(size, 1), name))
-                functions.setdefault(name, value)
-                sizes.setdefault(name, size)
-                if secname == ".dynsym" and bind in ("STB_GLOBAL", "STB_WEAK"):
-                    exports.setdefault(name.split("@")[0], value)
+                flag = 0
+                if secname == ".dynsym":
+                    flag = _F_DYNSYM | (_F_EXPORT if bind in ("STB_GLOBAL", "STB_WEAK") else 0)
+                add(value, value + max(size, 1), name, flag)
         except (ELFError, OSError, ValueError, KeyError, AssertionError, UnicodeDecodeError) as exc:
             problems.append(f"{secname}: {exc}")
     if not has_symtab and build_id and debug_dir:
-        syms.extend(_debug_symbols(build_id, segments, debug_dir, problems))
+        for start, end, name in _debug_symbols(build_id, segments, debug_dir, problems):
+            add(start, end, name, _F_DEBUG)
     plt: list[tuple[int, int]] = []
     try:
         for sec in elf.iter_sections():
@@ -143,11 +256,17 @@ def load_image(f: BinaryIO, debug_dir: str | None = DEBUG_BUILD_ID_DIR) -> ElfIm
                 plt.append((int(sec["sh_addr"]), int(sec["sh_addr"]) + int(sec["sh_size"])))
     except (ELFError, OSError, ValueError, KeyError, AssertionError, UnicodeDecodeError) as exc:
         problems.append(f"sections: {exc}")
-    syms.sort()
+    # by start address; stable, so same-address symbols keep the file's order
+    order = sorted(range(len(starts)), key=starts.__getitem__)
+    sorted_blob, sorted_offs = bytearray(), array("Q", [0])
+    for i in order:
+        sorted_blob += blob[offs[i]:offs[i + 1]]
+        sorted_offs.append(len(sorted_blob))
     return ElfImage(
         build_id=build_id, is_static=is_static, segments=segments,
-        starts=tuple(s[0] for s in syms), ends=tuple(s[1] for s in syms), names=tuple(s[2] for s in syms),
-        exports=exports, functions=functions, sizes=sizes, plt_ranges=tuple(plt), problems=tuple(problems))
+        starts=array("Q", (starts[i] for i in order)), ends=array("Q", (ends[i] for i in order)),
+        names=NameTable.from_blob(bytes(sorted_blob), sorted_offs), ranks=array("I", order),
+        flags=bytes(flags[i] for i in order), plt_ranges=tuple(plt), problems=tuple(problems))
 
 
 def _func_symbols(sec: object, secname: str, problems: list[str]) -> Iterator[tuple[int, int, str, str]]:
@@ -253,7 +372,7 @@ def image_for_fd(fd: int) -> ElfImage:
 
 
 def set_cache_budget(symbols: int) -> None:
-    """Bound the parsed images by their symbols (about 300 bytes each in memory): a long-running
+    """Bound the parsed images by their symbols (about 30 bytes each plus the name: ~100 for C++ libraries): a long-running
     process sets what it can afford; images past it are evicted and parsed again when needed."""
     global _MAX_CACHED_SYMBOLS
     with _cache_lock:
