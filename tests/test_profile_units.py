@@ -19,7 +19,7 @@ from elftools.elf.elffile import ELFFile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nativewatch.malloc_profile import sampling
+from nativewatch.malloc_profile import placement, sampling
 from nativewatch.malloc_profile.diff import delta_result, diff_profiles, load_profile
 from nativewatch.malloc_profile.elfimage import DEBUG_BUILD_ID_DIR, load_image
 from nativewatch.malloc_profile.pprof import encode_profile, read_pprof, write_pprof
@@ -444,3 +444,78 @@ def test_cli_profile_rejects_bad_arguments(nativewatch_cli):
     assert r.returncode == 1 and "at least 256 bytes" in r.stderr
     r = nativewatch_cli("profile", "--pid", "0")
     assert r.returncode == 1 and "invalid pid" in r.stderr
+
+
+JEMALLOC_LIB = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+
+
+# --- probe placement by disassembly (placement.py) -------------------------------------------------
+# Hand-assembled x86-64; each case says what it proves.
+_MOV_RAX_RDI = b"\x48\x89\xf8"          # mov %rdi,%rax: reads the argument only
+_SHR_RAX = b"\x48\xc1\xe8\x1a"          # shr $0x1a,%rax
+_LOAD_RDX_RIP = b"\x48\x8b\x15\x00\x01\x00\x00"  # mov 0x100(%rip),%rdx: a load
+_JNE_FWD = b"\x75\x02"                  # jne +2 (emulated by the kernel)
+_RET = b"\xc3"
+_NOPS = b"\x90\x90"
+
+
+def _fn(*parts: bytes) -> bytes:
+    return b"".join(parts)
+
+
+@pytest.mark.skipif(not placement.available(), reason="capstone not installed")
+def test_placement_runs_harmless_instructions_before_the_first_emulated_one():
+    code = _fn(_MOV_RAX_RDI, _LOAD_RDX_RIP, _SHR_RAX, _JNE_FWD, _NOPS, _RET)
+    p = placement.place(code, 0x1000, len(code), frozenset({"rdi"}))
+    assert p is not None and p.offset == 14 and p.emulated and p.how.startswith("jne after 3")
+    # rdx is an argument of posix_memalign: the load clobbers it, so nothing better is provable
+    assert placement.place(code, 0x1000, len(code), frozenset({"rdi", "rdx"})) is None
+
+
+@pytest.mark.skipif(not placement.available(), reason="capstone not installed")
+def test_placement_refuses_a_prefix_some_branch_jumps_into():
+    # a loop back to the second instruction: the probe at the jne would run twice in one call
+    back = b"\xeb" + bytes([(3 - (14 + 2 + 2 + 2)) & 0xFF])  # jmp to offset 3, placed at offset 18
+    code = _fn(_MOV_RAX_RDI, _LOAD_RDX_RIP, _SHR_RAX, _JNE_FWD, _NOPS, back, _RET)
+    assert placement.place(code, 0x1000, len(code), frozenset({"rdi"})) is None
+    # an indirect jump anywhere: a jump table could land in the prefix
+    code = _fn(_MOV_RAX_RDI, _SHR_RAX, _JNE_FWD, _NOPS, b"\xff\xe0", _RET)  # jmp *%rax
+    assert placement.place(code, 0x1000, len(code), frozenset({"rdi"})) is None
+
+
+@pytest.mark.skipif(not placement.available(), reason="capstone not installed")
+def test_placement_stops_at_stores_stack_changes_and_argument_writes():
+    store = b"\x48\x89\x38"  # mov %rdi,(%rax): a memory write
+    code = _fn(store, _JNE_FWD, _NOPS, _RET)
+    assert placement.place(code, 0x1000, len(code), frozenset({"rdi"})) is None
+    sub_rsp = b"\x48\x83\xec\x08"  # sub $8,%rsp: *(%rsp) would no longer be the return address
+    code = _fn(sub_rsp, _JNE_FWD, _NOPS, _RET)
+    assert placement.place(code, 0x1000, len(code), frozenset({"rdi"})) is None
+    clobber = b"\x31\xff"  # xor %edi,%edi: the argument itself
+    code = _fn(clobber, _JNE_FWD, _NOPS, _RET)
+    assert placement.place(code, 0x1000, len(code), frozenset({"rdi"})) is None
+    # unknown size (no symbol size): no sweep, so no proof
+    code = _fn(_MOV_RAX_RDI, _JNE_FWD, _NOPS, _RET)
+    assert placement.place(code, 0x1000, 0, frozenset({"rdi"})) is None
+
+
+@pytest.mark.skipif(not placement.available(), reason="capstone not installed")
+@given(st.binary(max_size=200), st.integers(0, 300))
+def test_placement_never_crashes_and_stays_inside_the_function(code, size):
+    p = placement.place(code, 0x400000, size)
+    assert p is None or 0 <= p.offset < min(size, len(code))
+
+
+@pytest.mark.skipif(not Path(JEMALLOC_LIB).exists() or not placement.available(), reason="needs jemalloc, capstone")
+def test_jemallocs_free_is_probed_at_its_first_jcc_not_single_stepped_at_entry():
+    with open(JEMALLOC_LIB, "rb") as f:
+        img = load_image(f, None)
+        vaddr, size = img.exports["free"], img.sizes["free"]
+        f.seek(img.file_offset(vaddr))
+        code = f.read(size)
+    p = placement.place(code, vaddr, size, placement.ARG_REGS["free"])
+    assert p is not None and p.offset > 0 and p.emulated, p
+    import capstone
+
+    first = next(capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64).disasm(code[p.offset:], 0))
+    assert first.mnemonic.startswith("j")  # a jcc the kernel emulates

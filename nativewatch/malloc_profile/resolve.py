@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 
 from nativewatch.errors import SourceUnavailable
+from nativewatch.malloc_profile import placement
 from nativewatch.malloc_profile.elfimage import ElfImage, image_for_fd
 from nativewatch.sources.procfs import Mapping, read_maps
 
@@ -299,7 +300,8 @@ def resolve(pid: int, proc_root: str = "/proc") -> ProbePlan:
         if entry is None:
             problems.append(f"{name}: address {vaddr:#x} outside any segment")
             return
-        code = _read_code(pid, obj, img, vaddr, 32, proc_root)
+        size = img.sizes.get(name, 0)
+        code = _read_code(pid, obj, img, vaddr, max(64, min(size, placement.MAX_BODY)), proc_root)
         target = tail_jump_target(code, vaddr)
         if target is not None and (img.in_plt(target) or target in probed_vaddrs(img, names)):
             # e.g. libstdc++'s new[] is `jmp operator new@plt`, delete is `jmp free@plt`: the callee
@@ -310,8 +312,9 @@ def resolve(pid: int, proc_root: str = "/proc") -> ProbePlan:
         if (path, entry) in seen:  # aliases (memalign/aligned_alloc) share one address
             return
         seen.add((path, entry))
-        points.append(ProbePoint(path, entry + probe_offset(code, _ARG_REGS.get(name, _ALL_ARGS)), cookie,
-                                 session, name, entry))
+        placed = placement.place(code, vaddr, size, placement.ARG_REGS.get(name, placement.ALL_ARGS))
+        off = placed.offset if placed is not None else probe_offset(code[:32], _ARG_REGS.get(name, _ALL_ARGS))
+        points.append(ProbePoint(path, entry + off, cookie, session, name, entry))
 
     for name, cookie in ALLOC_FUNCS.items():
         add(provider, pimg, name, cookie, True, table)
