@@ -89,7 +89,16 @@ def show_cmd(ev_id: str, evidence_dir: Path, as_json: bool) -> None:
             click.echo(f"{title}:")
             for s in rows[:5]:
                 click.echo(f"  {_mib(s.get(fig)):>12}  " + " <- ".join(map(_safe, (s.get("frames") or [])[:4])))
-    if (doc.get("profile") or {}).get("sites"):
+    prof = doc.get("profile") if isinstance(doc.get("profile"), dict) else {}
+    over = prof.get("overhead") if isinstance(prof.get("overhead"), dict) else None
+    if prof:
+        line = f"malloc profile: {_safe(prof.get('duration_s'))} s via {_safe(prof.get('via') or '?')}"
+        if over:
+            line += f", ~{_safe(over.get('estimated_mean'))} of a core (budget {_safe(over.get('budget'))})"
+            if over.get("stopped"):
+                line += f"; {_safe(over.get('stopped'))}"
+        click.echo(line)
+    if prof.get("sites"):
         click.echo("malloc profile sites:")
         for s in doc["profile"]["sites"][:5]:
             click.echo(f"  {_mib(s.get('outstanding_bytes')):>12}  " + " <- ".join(map(_safe, s.get("frames", [])[:4])))

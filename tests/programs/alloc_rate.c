@@ -1,7 +1,9 @@
 /* A throughput-bound server in miniature: one thread serving "requests" flat out, each one a
  * malloc/free pair plus a fixed amount of compute, the compute calibrated at start so that the bare
  * program makes about CALLS_PER_S allocator calls a second (two calls a request).
- * usage: alloc_rate CALLS_PER_S
+ * usage: alloc_rate CALLS_PER_S [LEAK_KIB_PER_S]
+ * With LEAK_KIB_PER_S a second thread also leaks that much (256 KiB blocks, touched), so a watcher
+ * sees native memory rise while the first thread keeps the allocator hot.
  * Anything that slows its allocator calls (a probe) shows as lost requests per second.
  * stdin "mark" -> "pairs=<requests so far> ns=<CLOCK_MONOTONIC>"; prints "ready work=<iters>" once
  * calibrated and running.
@@ -53,6 +55,22 @@ static void *work(void *arg)
     return NULL;
 }
 
+static void *leak(void *arg)
+{
+    long kib_per_s = *(long *)arg;
+    long period = (long)(256.0 / kib_per_s * 1e9);
+    long next = now_ns();
+    for (;;) {
+        char *p = malloc(256 * 1024);
+        if (p)
+            memset(p, 0x5a, 256 * 1024);
+        next += period;
+        struct timespec ts = {next / 1000000000L, next % 1000000000L};
+        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+    }
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
     double calls_per_s = argc > 1 ? atof(argv[1]) : 0;
@@ -75,6 +93,10 @@ int main(int argc, char **argv)
     work_iters = budget_ns > 0 ? (long)(budget_ns / ns_per_iter) : 0;
     pthread_t th;
     pthread_create(&th, NULL, work, NULL);
+    static long leak_kib;
+    leak_kib = argc > 2 ? atol(argv[2]) : 0;
+    if (leak_kib > 0)
+        pthread_create(&th, NULL, leak, &leak_kib);
     setvbuf(stdout, NULL, _IOLBF, 0);
     printf("ready work=%ld\n", work_iters);
     char line[64];
