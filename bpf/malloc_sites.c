@@ -26,7 +26,7 @@
  * The target's thread group id is config[0] (set by user space, so the same loaded program can be
  * calibrated on a helper process first); 0 means no process.
  *
- * Compile-time knobs (-D): INTERVAL (bytes, mean sampling interval), EXACT (1 = record
+ * Compile-time knobs (-D): COMPAT_READ, INTERVAL (bytes, mean sampling interval), EXACT (1 = record
  * every allocation), MAX_ALLOCS, MAX_SITES, MAX_STACKS, and NEST_LO/NEST_HI: the text of the object
  * whose operator new is probed. malloc calls made from there are the inside of a `new` that was
  * already seen (libstdc++'s new calls malloc), so they are skipped instead of counted twice. */
@@ -35,6 +35,13 @@
 
 #ifndef INTERVAL
 #define INTERVAL 524288
+#endif
+/* The perf rung serves kernels from 4.17, older than bpf_probe_read_user (5.5): there the generic
+ * bpf_probe_read, which on x86 reads user addresses too (and still does on new kernels). */
+#if COMPAT_READ
+#define read_user bpf_probe_read
+#else
+#define read_user bpf_probe_read_user
 #endif
 #ifndef EXACT
 #define EXACT 0
@@ -248,7 +255,7 @@ static __always_inline int alloc_return(struct pt_regs *ctx, u32 tid, int every_
         if (ptr != 0)
             return 0;
         ptr = 0;
-        bpf_probe_read_user(&ptr, sizeof(ptr), (void *)pv.memptr);
+        read_user(&ptr, sizeof(ptr), (void *)pv.memptr);
     }
     if (ptr == 0 || ptr >= (u64)-4095)
         return 0;
@@ -331,7 +338,7 @@ static __always_inline int alloc_entry(struct pt_regs *ctx, u32 tid, u32 kind)
     const int early_caller = 0;
 #endif
     if (early_caller || kind == K_MMAP) {
-        bpf_probe_read_user(&caller, sizeof(caller), (void *)PT_REGS_SP(ctx));
+        read_user(&caller, sizeof(caller), (void *)PT_REGS_SP(ctx));
         if (kind != K_NEW && kind != K_MMAP && nested(caller))
             return 1;
         if (kind == K_MMAP && in_skip_range(caller)) {
@@ -345,7 +352,7 @@ static __always_inline int alloc_entry(struct pt_regs *ctx, u32 tid, u32 kind)
     if (!sample(size))
         return 1;
     if (!early_caller && kind != K_MMAP)
-        bpf_probe_read_user(&caller, sizeof(caller), (void *)PT_REGS_SP(ctx));
+        read_user(&caller, sizeof(caller), (void *)PT_REGS_SP(ctx));
     count(C_SAMPLED);
 
     struct pending_val pv = {};
@@ -417,7 +424,7 @@ static __always_inline int free_entry(struct pt_regs *ctx, u32 kind)
 #if EXACT
     if (unmatched_counts) {
         u64 caller = 0;
-        bpf_probe_read_user(&caller, sizeof(caller), (void *)PT_REGS_SP(ctx));
+        read_user(&caller, sizeof(caller), (void *)PT_REGS_SP(ctx));
         if (nested(caller))
             return 0;  /* freeing what a skipped nested malloc returned */
         /* the allocator's and libc's own frees (e.g. a thread's tcache flushed at exit) release

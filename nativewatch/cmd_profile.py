@@ -69,13 +69,14 @@ def command(pid: int, duration: float, as_json: bool, output: str | None, mode: 
         fail("duration must be positive")
     try:
         budget = parse_overhead(max_overhead)
-        defines = probes.build_defines(mode=mode, interval_bytes=interval)
+        defines = probes.build_defines(mode=mode, interval_bytes=interval, rung=via or "session")
     except ValueError as exc:
         fail(str(exc))
     if dump_bpf:
         try:  # with the target's C++ nest range when it can be resolved
             plan = resolve(pid, proc_root)
-            defines = probes.build_defines(mode=mode, interval_bytes=interval, nest_range=plan.nest_range)
+            defines = probes.build_defines(mode=mode, interval_bytes=interval, nest_range=plan.nest_range,
+                                           rung=via or "session")
         except (ProcessGone, AccessDenied, SourceUnavailable):
             pass
         click.echo(probes.dump_source(defines))

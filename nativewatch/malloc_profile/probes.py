@@ -43,7 +43,7 @@ DEFAULT_MAX_ALLOCS = {"sampled": 65536, "exact": 262144}
 
 def build_defines(*, mode: str, interval_bytes: int, max_allocs: int | None = None,
                   max_sites: int = 16384, max_stacks: int = 8192,
-                  nest_range: tuple[int, int] | None = None) -> dict[str, int | str]:
+                  nest_range: tuple[int, int] | None = None, rung: str = "session") -> dict[str, int | str]:
     if mode not in ("sampled", "exact"):
         raise ValueError(f"mode must be 'sampled' or 'exact', not {mode!r}")
     if mode == "sampled" and interval_bytes < sampling.WEIGHT_STEPS:
@@ -52,6 +52,7 @@ def build_defines(*, mode: str, interval_bytes: int, max_allocs: int | None = No
         {"NEST_LO": f"{nest_range[0]:#x}ULL", "NEST_HI": f"{nest_range[1]:#x}ULL"} if nest_range else {})
     return {
         **nest,
+        "COMPAT_READ": 1 if rung == "perf" else 0,
         "EXACT": 1 if mode == "exact" else 0,
         "INTERVAL": int(interval_bytes) if mode == "sampled" else 1,
         "MAX_ALLOCS": int(max_allocs or DEFAULT_MAX_ALLOCS[mode]),

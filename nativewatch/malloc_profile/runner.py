@@ -93,7 +93,7 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
     rung = choose_rung(via)
     plan = resolve(pid, proc_root)
     defines = probes.build_defines(mode=mode, interval_bytes=interval_bytes, max_allocs=max_allocs,
-                                   nest_range=plan.nest_range)
+                                   nest_range=plan.nest_range, rung=rung)
     loaded = probes.load(defines, mode=mode, interval_bytes=interval_bytes, rung=rung)
     sym = Symbolizer(pid, proc_root, allocator_ranges=plan.allocator_ranges,
                      allocator_symbols=plan.allocator_symbols)
