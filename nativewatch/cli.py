@@ -9,7 +9,8 @@ import click
 from nativewatch import __version__
 
 # Each name is a module nativewatch.cmd_<name> exposing a click command called `command`.
-COMMAND_MODULES: tuple[str, ...] = ("snapshot", "top", "doctor", "soak", "jcmd", "agent", "evidence", "profile", "diff")
+COMMAND_MODULES: tuple[str, ...] = ("snapshot", "top", "doctor", "soak", "jcmd", "agent", "evidence", "profile", "diff",
+                                    "explain")
 
 
 class _LazyGroup(click.Group):
