@@ -89,6 +89,11 @@ def show_cmd(ev_id: str, evidence_dir: Path, as_json: bool) -> None:
             click.echo(f"{title}:")
             for s in rows[:5]:
                 click.echo(f"  {_mib(s.get(fig)):>12}  " + " <- ".join(map(_safe, (s.get("frames") or [])[:4])))
+    ex = doc.get("explanation") if isinstance(doc.get("explanation"), dict) else None
+    if ex:
+        click.echo(f"explanation: {_safe(ex.get('summary', ''))}")
+        for step in (ex.get("next_steps") or [])[:4]:
+            click.echo(f"  next: {_safe(step)}")
     prof = doc.get("profile") if isinstance(doc.get("profile"), dict) else {}
     over = prof.get("overhead") if isinstance(prof.get("overhead"), dict) else None
     if prof:

@@ -21,11 +21,10 @@ from nativewatch.growth import LeakVerdict
 from nativewatch.jvm.gcstats import FloorTrend
 from nativewatch.units import human_bytes
 
-__all__ = ["Growing", "TriageInput", "Explanation", "explain", "VERDICTS", "MIN_SAMPLES", "MIN_WINDOW_S"]
+__all__ = ["Growing", "TriageInput", "Explanation", "explain", "VERDICTS", "MIN_SAMPLES"]
 
 VERDICTS = ("heap", "off-heap", "no-leak", "insufficient-data")
 MIN_SAMPLES = 5
-MIN_WINDOW_S = 20.0
 # A floor must rise this much over the window to count (young collections leave survivors behind,
 # so consecutive floors wobble by a few MiB)
 MIN_FLOOR_RISE_BYTES = 4 << 20
@@ -59,6 +58,9 @@ class TriageInput:
     container_working_set_bytes: int | None = None
     container_limit_bytes: int | None = None
     min_slope_bytes_per_second: float = 1024.0
+    # shortest history that can say anything; the agent passes its own policy's (its verdicts already
+    # embody its windows), explain its default
+    min_window_s: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,11 @@ class Explanation:
     evidence: tuple[str, ...] = ()
     next_steps: tuple[str, ...] = ()
     sites: tuple[Mapping[str, Any], ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "summary": self.summary, "growing": [g.to_json() for g in self.growing],
+                "evidence": list(self.evidence), "next_steps": list(self.next_steps),
+                "sites": [dict(s) for s in self.sites]}
 
 
 def _growing(growth: Mapping[str, LeakVerdict]) -> tuple[Growing, ...]:
@@ -190,7 +197,7 @@ def explain(inp: TriageInput) -> Explanation:
     if inp.gc_time_ratio is not None:
         evidence.append(f"{inp.gc_time_ratio:.1%} of the time in GC pauses")
 
-    if inp.samples < MIN_SAMPLES or inp.window_s < MIN_WINDOW_S:
+    if inp.samples < MIN_SAMPLES or inp.window_s < inp.min_window_s:
         return Explanation("insufficient-data", growing,
                            f"pid {inp.pid}: not enough data ({inp.samples} samples over {inp.window_s:.0f} s)",
                            tuple(evidence), (f"watch longer: `nativewatch explain --pid {inp.pid} --duration 5m`",),

@@ -127,6 +127,10 @@ def test_oom_kill_in_limited_cgroup_writes_evidence_with_native_and_the_leaking_
         grown = sum(s["bytes"] for s in doc["top_stacks"] if any(f.startswith("leak_grow ") for f in s["frames"]))
         assert doc["kernel"]["anon_rss_bytes"] - 4 * MIB <= grown * 1.15
         assert grown <= doc["kernel"]["anon_rss_bytes"] * 1.15
+        # the triage, from the agent's own history: native grew, and the code that grew it is named
+        ex = doc["explanation"]
+        assert ex["verdict"] == "off-heap" and ex["growing"][0]["category"] == "native", ex
+        assert "leak_grow" in ex["summary"] and any("leak_grow" in f for f in ex["sites"][0]["frames"]), ex
         assert _kill_counter(agent) >= 1
         agent.scan_once()  # the counter is a counter: the next scan keeps it
         assert _kill_counter(agent) >= 1

@@ -41,6 +41,7 @@ from nativewatch.sources.cgroup import CgroupGone, CgroupMemory, read_container_
 from nativewatch.sources.oom import BpfOomWatcher, CgroupOomWatcher, OomEvent
 from nativewatch.sources.procstat import ProcStat, read_stat
 from nativewatch.tracker import ContainerMemoryFacts, Tracker, container_key, memory_facts, process_key
+from nativewatch.triage import Explanation, TriageInput, explain
 
 __all__ = ["Agent", "Sampler", "ProcfsSampler"]
 
@@ -529,7 +530,23 @@ class Agent:
         }
         if rec is None:
             doc["problems"] = [f"no breakdown of pid {ev.pid} was taken before it was killed"]
+        elif bd is not None:
+            doc["explanation"] = self._explain(rec, bd, times, doc).to_json()
         self._write_evidence(doc)
+
+    def _explain(self, rec: _Proc, bd: Breakdown, times: list[float], doc: dict[str, Any]) -> Explanation:
+        """The triage from what the agent had: its growth verdicts and history, the allocation sites of a
+        capture or the page-fault stacks (no post-GC floor: the agent does not poll hsperfdata)."""
+        sites = doc.get("native_sites") or [
+            {"frames": s.get("frames", []), "outstanding_bytes": s.get("bytes", 0)}
+            for s in (doc.get("top_stacks") or [])]
+        mem = doc.get("cgroup_memory") or {}
+        return explain(TriageInput(
+            pid=rec.pid, runtime=bd.runtime, rss_bytes=bd.rss_bytes, managed_heap_limit_bytes=None,
+            growth=rec.growth or {}, window_s=(times[-1] - times[0]) if len(times) > 1 else 0.0,
+            samples=len(times), sites=sites, container_working_set_bytes=mem.get("working_set_bytes"),
+            container_limit_bytes=mem.get("limit_bytes"), min_window_s=self.cfg.min_leak_window_s,
+            min_slope_bytes_per_second=self.cfg.policy.min_slope_bytes_per_second))
 
     def _write_evidence(self, doc: dict[str, Any]) -> None:
         """Write now, or keep it for the next scan's retry (the evidence dir read-only or full)."""
