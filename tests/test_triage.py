@@ -149,3 +149,25 @@ def test_triage_fuzz_always_one_of_the_four_verdicts(rates, floor_bps, samples, 
     assert ex.verdict in ("heap", "off-heap", "no-leak", "insufficient-data")
     assert math.isclose(sum(g.share for g in ex.growing), 1.0) or not ex.growing
     assert ex.next_steps and ex.summary
+
+
+def test_cli_errors_and_a_short_window(nativewatch_cli):
+    import json
+    import subprocess
+
+    r = nativewatch_cli("explain", "--pid", "999999999", "--duration", "2s")
+    assert r.returncode != 0 and "999999999" in r.stderr and "Traceback" not in r.stderr
+    r = nativewatch_cli("explain", "--pod", "default/web-0")
+    assert r.returncode != 0 and "--container" in r.stderr
+    r = nativewatch_cli("explain", "--pid", "1", "--container", "abcdef")
+    assert r.returncode != 0 and "exactly one" in r.stderr
+    quiet = subprocess.Popen(["sleep", "60"])
+    try:
+        r = nativewatch_cli("explain", "--pid", str(quiet.pid), "--duration", "3s", "--interval", "1s", "--json",
+                            "--no-capture", check=True)
+    finally:
+        quiet.kill()
+        quiet.wait()
+    doc = json.loads(r.stdout)
+    assert doc["verdict"] == "insufficient-data" and doc["runtime"] == "native" and doc["growing"] == []
+    assert doc["heap_post_gc"] is None and doc["gc_time_ratio"] is None and doc["next_steps"]
