@@ -244,6 +244,7 @@ def test_every_dashboard_query_returns_data_from_a_real_agent_and_prometheus(e2e
         jvm = Jvm(jvm_argv(17, e2e_env["classes"], "-Xms128m", "-Xmx128m", "-XX:+UseG1GC",
                            "-XX:NativeMemoryTracking=summary"))
         jvm_cg.add(jvm.pid)
+        jvm.step("heapleak 4")  # 4 MiB kept, 32 MiB of garbage: collections run, so there is a post-GC floor
         (tmp / "agent.toml").write_text(
             "interval_s = 1\nfull_interval_s = 1\nnmt_interval_s = 2\nwindow_s = 20\nmin_leak_window_s = 8\n"
             f"auto_capture_min_growth_bytes = {8 * MIB}\nauto_capture_duration_s = 4\nhistory_interval_s = 5\n")
@@ -324,6 +325,11 @@ def test_every_dashboard_query_returns_data_from_a_real_agent_and_prometheus(e2e
                                'nmt_category=~"Java Heap|java_heap|heap"}[5m])')
         assert len(heap) == 1 and float(heap[0]["value"][1]) == 128 * MIB  # -Xms128m -Xmx128m
         assert heap[0]["metric"]["namespace"] == "e2e" and heap[0]["metric"]["container"] == "java"
+        # the JVM's heap figures from hsperfdata: -Xmx and a post-GC floor inside it
+        xmx = _instant(pport, f'max_over_time(nativewatch_jvm_heap_max_bytes{{pid="{jvm.pid}"}}[5m])')
+        assert len(xmx) == 1 and float(xmx[0]["value"][1]) == 128 * MIB
+        floor = _instant(pport, f'max_over_time(nativewatch_jvm_heap_post_gc_bytes{{pid="{jvm.pid}"}}[5m])')
+        assert len(floor) == 1 and 4 * MIB <= float(floor[0]["value"][1]) <= 128 * MIB
         native_peak = _instant(pport, 'max_over_time(nativewatch_container_memory_bytes{pod="leaky-0",'
                                       'category="native"}[5m])')
         assert len(native_peak) == 1 and 32 * MIB < float(native_peak[0]["value"][1]) <= leak_limit
@@ -337,7 +343,8 @@ def test_every_dashboard_query_returns_data_from_a_real_agent_and_prometheus(e2e
         assert float(limit[0]["value"][1]) == leak_limit
         # The rules file loads and evaluates in a real server.
         groups = _prom(pport, "/api/v1/rules")["groups"]
-        assert {g["name"] for g in groups} == {"nativewatch.floor", "nativewatch.alerts", "nativewatch.agent"}
+        assert {g["name"] for g in groups} == {"nativewatch.floor", "nativewatch.alerts", "nativewatch.jvm",
+                                               "nativewatch.agent"}
         assert all(r["health"] in ("ok", "unknown") for g in groups for r in g["rules"]), groups
     finally:
         if agent is not None:

@@ -43,7 +43,7 @@ def exported_metric_names() -> set[str]:
     for kind, name in re.findall(r'(Gauge|Counter)MetricFamily\(\s*"(nativewatch_[a-z0-9_]+)"', text):
         names.add(name + "_total" if kind == "Counter" and not name.endswith("_total") else name)
     # the runtimes' own gauge families, which the exporter renders from their declarations
-    names |= {g.name for rt in registered() for g in rt.gauges}
+    names |= {g.name + "_total" if g.counter else g.name for rt in registered() for g in rt.gauges}
     return names
 
 

@@ -171,3 +171,20 @@ def test_cli_errors_and_a_short_window(nativewatch_cli):
     doc = json.loads(r.stdout)
     assert doc["verdict"] == "insufficient-data" and doc["runtime"] == "native" and doc["growing"] == []
     assert doc["heap_post_gc"] is None and doc["gc_time_ratio"] is None and doc["next_steps"]
+
+
+@pytest.mark.parametrize("version", [11, 17, 21, 25])
+def test_gc_figures_for_the_agent_floor_is_heap_outside_eden(version):
+    from nativewatch.jvm.gcstats import gc_figures
+
+    pd = parse_hsperfdata((SAMPLES / f"hsperfdata-jdk{version}.bin").read_bytes())
+    truth = _decoded(version)
+    eden = int(truth["sun.gc.generation.0.space.0.used"])
+    fig = gc_figures(pd)
+    assert fig is not None and fig["heap_max_bytes"] == 512 * MiB
+    assert fig["heap_post_gc_bytes"] == fig["heap_used_bytes"] - eden
+    # a JVM that never collected has no floor yet
+    fresh = parse_hsperfdata((SAMPLES / f"hsperfdata-jdk{version}.bin").read_bytes())
+    for k in ("sun.gc.collector.0.invocations", "sun.gc.collector.1.invocations"):
+        fresh.values[k] = 0
+    assert "heap_post_gc_bytes" not in (gc_figures(fresh) or {})

@@ -22,7 +22,7 @@ from prometheus_client.registry import CollectorRegistry
 from nativewatch import __version__
 from nativewatch.agent.views import AgentView, ContainerLabels, ProcessView
 from nativewatch.model import CATEGORIES
-from nativewatch.runtimes.base import Runtime
+from nativewatch.runtimes.base import DetailGauge, Runtime
 from nativewatch.runtimes.registry import registered
 
 __all__ = ["AgentCollector", "SOURCES", "default_sources", "make_registry", "site_label"]
@@ -97,7 +97,10 @@ def runtime_source(rt: Runtime) -> Callable[[AgentView], Iterator[Metric]]:
     """The gauge families a runtime derives from its details, over the processes of that runtime."""
 
     def source(view: AgentView) -> Iterator[Metric]:
-        fams = [(g, GaugeMetricFamily(g.name, g.help, labels=[*_PLABELS, g.label])) for g in rt.gauges]
+        fams: list[tuple[DetailGauge, GaugeMetricFamily | CounterMetricFamily]] = [
+            (g, (CounterMetricFamily if g.counter else GaugeMetricFamily)(
+                g.name, g.help, labels=[*_PLABELS, g.label] if g.label else list(_PLABELS)))
+            for g in rt.gauges]
         for p in view.processes:
             # Details are keyed by the runtime's own names: only its own processes are read.
             if p.breakdown.runtime != rt.name:
@@ -105,7 +108,7 @@ def runtime_source(rt: Runtime) -> Callable[[AgentView], Iterator[Metric]]:
             base = _plabels(p)
             for g, fam in fams:
                 for key, value in g.values(p.breakdown.runtime_details):
-                    fam.add_metric([*base, key], value)
+                    fam.add_metric([*base, key] if g.label else base, value)
         for _, fam in fams:
             yield fam
 

@@ -29,6 +29,7 @@ rest -> runtime.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ from typing import Any
 from nativewatch.attribute import Attribution, MappingShare
 from nativewatch.errors import AccessDenied, NativewatchError, ProcessGone
 from nativewatch.jvm import attach, hsperf, nmt
+from nativewatch.jvm.gcstats import gc_figures
 from nativewatch.model import CATEGORIES
 from nativewatch.sources.procfs import Mapping
 
@@ -56,6 +58,7 @@ class JvmAttribution:
     sources: list[str]
     nmt: dict[str, Any] | None
     problems: list[str] = field(default_factory=list)
+    gc: dict[str, Any] | None = None  # gcstats.gc_figures of the hsperfdata read
 
 
 def design_category(nmt_name: str, *, has_other: bool = True) -> str:
@@ -611,9 +614,10 @@ def attribute_jvm(pid: int, mappings: Sequence[Mapping], base: Attribution, *, p
             fetch = NmtFetch(None, None, "unavailable", None, version, (f"nmt: {exc}",))
     pagemap = _Pagemap(pid, proc_root)
     try:
-        return refine(base, fetch, pd, pagemap)
+        res = refine(base, fetch, pd, pagemap)
     finally:
         pagemap.close()
+    return dataclasses.replace(res, gc=gc_figures(pd)) if pd is not None else res
 
 
 # ---- baseline / diff ---------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from statistics import median
 from nativewatch.jvm.hsperf import PerfData
 
 __all__ = ["GcSample", "gc_sample", "max_heap_bytes", "post_gc_floor", "FloorTrend", "floor_trend",
-           "gc_time_ratio"]
+           "gc_time_ratio", "gc_figures"]
 
 _SIZE = re.compile(r"^(\d+)([kKmMgGtT]?)$")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -137,3 +137,32 @@ def gc_time_ratio(samples: Sequence[GcSample]) -> float | None:
     if len(samples) < 2 or samples[-1].t <= samples[0].t:
         return None
     return max(0.0, samples[-1].pause_s - samples[0].pause_s) / (samples[-1].t - samples[0].t)
+
+
+def _eden_used(pd: PerfData) -> int | None:
+    for space in range(4):
+        if pd.str_value(f"sun.gc.generation.0.space.{space}.name") == "eden":
+            return _int(pd, f"sun.gc.generation.0.space.{space}.used")
+    return None
+
+
+def gc_figures(pd: PerfData) -> dict[str, int | float] | None:
+    """What a periodic reader (the agent, every scan) can publish of the GC from one hsperfdata read.
+
+    `heap_post_gc_bytes` is the heap used outside eden: new objects are allocated in eden, so survivor
+    and old-generation occupancy only change at collections, and between two collections this is what
+    the last one left (plus objects too large for eden, which go straight to the old generation). It is
+    the post-GC floor without having to catch the moment after each collection. None for collectors
+    without an eden (ZGC, Shenandoah) or without GC counters."""
+    s = gc_sample(pd, 0.0)
+    eden = _eden_used(pd)
+    if s is None or eden is None:
+        return None
+    out: dict[str, int | float] = {"heap_used_bytes": s.heap_used, "collections": s.collections,
+                                   "pause_seconds": round(s.pause_s, 6)}
+    if s.collections > 0:  # before the first collection there is no floor yet, only allocation
+        out["heap_post_gc_bytes"] = max(0, s.heap_used - eden)
+    limit = max_heap_bytes(pd)
+    if limit:
+        out["heap_max_bytes"] = limit
+    return out

@@ -7,7 +7,7 @@ instead of losing detection.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from nativewatch.attribute import Attribution
@@ -40,12 +40,29 @@ def _nmt_committed(details: dict[str, Any]) -> Iterator[tuple[str, float]]:
             yield str(name), float(c["committed_bytes"])
 
 
+def _gc_figure(key: str) -> Callable[[dict[str, Any]], Iterator[tuple[str, float]]]:
+    def values(details: dict[str, Any]) -> Iterator[tuple[str, float]]:
+        gc = details.get("gc")
+        v = gc.get(key) if isinstance(gc, dict) else None
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            yield "", float(v)
+    return values
+
+
 class JvmRuntime(Runtime):
     name = "jvm"
     needs_attach = True  # NMT is asked over the attach socket; without it only hsperfdata is read
     gauges = (DetailGauge("nativewatch_jvm_nmt_committed_bytes",
                           "JVM Native Memory Tracking committed bytes by NMT category", "nmt_category",
-                          _nmt_committed),)
+                          _nmt_committed),
+              DetailGauge("nativewatch_jvm_heap_post_gc_bytes",
+                          "JVM heap used outside eden: what the last collection left (the post-GC floor)", "",
+                          _gc_figure("heap_post_gc_bytes")),
+              DetailGauge("nativewatch_jvm_heap_max_bytes", "JVM maximum heap (-Xmx)", "",
+                          _gc_figure("heap_max_bytes")),
+              DetailGauge("nativewatch_jvm_gc_pause_seconds",
+                          "Time in young and full collection pauses since the JVM started (rate() is the GC "
+                          "time ratio)", "", _gc_figure("pause_seconds"), counter=True))
 
     def detect(self, info: ProcessInfo) -> bool:
         return any(m.path.endswith("/libjvm.so") for m in info.mappings if m.inode)
@@ -56,7 +73,9 @@ class JvmRuntime(Runtime):
         res = attribute_jvm(ctx.pid, ctx.mappings, base, proc_root=ctx.proc_root, timeout_s=ctx.timeout_s,
                             attach_jvm=ctx.attach)
         # "nmt" is the snapshot contract's key for these figures (also when they come from hsperfdata).
-        details = {"nmt": res.nmt} if res.nmt is not None else {}
+        details: dict[str, Any] = {"nmt": res.nmt} if res.nmt is not None else {}
+        if res.gc is not None:
+            details["gc"] = res.gc  # the snapshot JSON's "gc" key: post-GC floor, pause time, -Xmx
         return Refinement(dict(res.categories), tuple(res.sources), tuple(res.problems), details)
 
     def missing_figures(self, bd: Breakdown) -> str | None:

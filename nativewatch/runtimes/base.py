@@ -54,12 +54,13 @@ class Refinement:
 
 @dataclass(frozen=True, slots=True)
 class DetailGauge:
-    """A Prometheus gauge family derived from runtime details: one series per process and key."""
+    """A Prometheus family derived from runtime details: one series per process and key."""
 
     name: str
     help: str
-    label: str  # the label beside the process labels, e.g. "nmt_category"
+    label: str  # the label beside the process labels, e.g. "nmt_category"; "" for one series a process
     values: Callable[[dict[str, Any]], Iterable[tuple[str, float]]]
+    counter: bool = False  # a monotonic total (rendered as a counter, `_total`) instead of a gauge
 
 
 @dataclass(frozen=True, slots=True)
