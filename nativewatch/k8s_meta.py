@@ -43,7 +43,7 @@ from nativewatch.model import ContainerInfo
 __all__ = [
     "PodContainer", "PodListResult", "WatchEvent", "PodIndex", "Endpoint", "PodWatcher", "PodMetadata",
     "split_container_id", "parse_pod", "parse_pod_list", "parse_watch_event", "in_cluster_endpoint",
-    "kubelet_endpoint", "cgroup_only_labels", "LABEL_NAMES",
+    "kubelet_endpoint", "cgroup_only_labels", "LABEL_NAMES", "ssl_context",
 ]
 
 log = logging.getLogger(__name__)
@@ -304,6 +304,18 @@ def kubelet_endpoint(url: str, node_name: str = "", *, token_path: Path | None =
                     insecure_skip_verify=insecure_skip_verify)
 
 
+def ssl_context(endpoint: Endpoint) -> ssl.SSLContext | None:
+    """TLS for an endpoint: its CA (or the system's), certificate checks off only when asked (kubelet)."""
+    if not endpoint.base_url.startswith("https"):
+        return None
+    if endpoint.insecure_skip_verify:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    return ssl.create_default_context(cafile=str(endpoint.ca_path) if endpoint.ca_path else None)
+
+
 class _Gone(Exception):
     """The watch's resourceVersion is too old (HTTP 410 / ERROR 410): list again."""
 
@@ -327,17 +339,7 @@ class PodWatcher:
         self.lists_total = 0
         self.events_total = 0
         self._stop = threading.Event()
-        self._ssl = self._ssl_context()
-
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        if not self.endpoint.base_url.startswith("https"):
-            return None
-        if self.endpoint.insecure_skip_verify:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            return ctx
-        return ssl.create_default_context(cafile=str(self.endpoint.ca_path) if self.endpoint.ca_path else None)
+        self._ssl = ssl_context(endpoint)
 
     def _open(self, url: str, timeout: float):  # -> http.client.HTTPResponse
         headers = {"Accept": "application/json", "User-Agent": "nativewatch-agent"}

@@ -189,10 +189,11 @@ def test_every_capability_host_mount_and_host_namespace_has_its_reason_in_a_comm
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_rbac_is_read_only_pods_for_the_agents_service_account(target):
+def test_rbac_is_read_only_pods_and_event_creation_for_the_agents_service_account(target):
     docs = render(target)
     role = one(docs, "ClusterRole")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+                             {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]}]
     binding = one(docs, "ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                   "name": role["metadata"]["name"]}

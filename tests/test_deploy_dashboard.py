@@ -346,6 +346,20 @@ def test_every_dashboard_query_returns_data_from_a_real_agent_and_prometheus(e2e
         assert {g["name"] for g in groups} == {"nativewatch.floor", "nativewatch.alerts", "nativewatch.jvm",
                                                "nativewatch.agent"}
         assert all(r["health"] in ("ok", "unknown") for g in groups for r in g["rules"]), groups
+        # Kubernetes Events on the pod (the API server double validates each body): the leak verdict
+        # and the OOM kill, with the triage's one-line explanation, on the pod's uid.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(
+                e["reason"] == "NativeMemoryOOMKilled" for e in state.events.values()):
+            time.sleep(0.5)
+        assert state.rejected == [], state.rejected
+        evs = {e["reason"]: e for e in state.events.values() if e["involvedObject"]["name"] == "leaky-0"}
+        assert set(evs) >= {"NativeMemoryOOMKilled", "NativeMemoryLeak"}, list(state.events.values())
+        oom = evs["NativeMemoryOOMKilled"]
+        assert oom["involvedObject"]["uid"] == leaky_cg.pod_uid and oom["metadata"]["namespace"] == "e2e"
+        assert oom["type"] == "Warning" and "native" in oom["message"] and "OOM-killed" in oom["message"]
+        assert "native memory of container app grows" in evs["NativeMemoryLeak"]["message"]
+        assert not any(e["involvedObject"]["name"] == "ledger-0" for e in state.events.values())
     finally:
         if agent is not None:
             agent.send_signal(signal.SIGTERM)

@@ -67,6 +67,9 @@ class AgentConfig:
     basic_auth_user: str | None = None
     basic_auth_password_sha256: str | None = None
     auto_capture: bool = True
+    # Kubernetes Events on a pod when one of its containers is OOM-killed or gets a leak verdict (needs
+    # the API server and RBAC create/patch on events).
+    kubernetes_events: bool = True
     auto_capture_min_growth_bytes: int = 64 * 1024 * 1024
     auto_capture_duration_s: float = 30.0
     auto_capture_cooldown_s: float = 3600.0

@@ -107,6 +107,7 @@ class _Container:
     id: str
     info: ContainerInfo | None
     last_seen: float = 0.0
+    leak_events: set[str] = field(default_factory=set)  # categories already reported as an Event
 
 
 class Agent:
@@ -165,6 +166,7 @@ class Agent:
         self._pending_kills: list[tuple[str, float]] = []  # (memory cgroup, when its counter rose)
         self._claimed: set[tuple[int, int]] = set()  # dead (pid, start) already named as a victim
         self.pod_meta = self._pod_metadata()
+        self.events = self._event_recorder()
         if cfg.bpf:
             self._start_bpf()
         else:
@@ -202,6 +204,39 @@ class Agent:
         else:
             meta.start()
         return meta
+
+    def _event_recorder(self) -> Any:
+        """Kubernetes Events on explained pods, when the agent runs in a cluster (it needs the API
+        server; the kubelet has no events API)."""
+        if not self.cfg.kubernetes_events:
+            return None
+        from nativewatch.k8s_events import EventRecorder
+        from nativewatch.k8s_meta import in_cluster_endpoint
+
+        sa = os.environ.get("NATIVEWATCH_K8S_SA_DIR")
+        endpoint, _why = in_cluster_endpoint(None, Path(sa)) if sa else in_cluster_endpoint()
+        if endpoint is None:
+            return None  # outside a cluster; k8s-meta already says why there is no API
+        rec = EventRecorder(endpoint)
+        rec.start()
+        return rec
+
+    def _pod_of(self, info: ContainerInfo | None) -> Any:
+        """The pod (namespace, name, uid) of a container, None when the metadata does not know it."""
+        index = getattr(self.pod_meta, "index", None)
+        if info is None or index is None:
+            return None
+        pc = index.lookup(info.id)
+        if pc is None or not pc.pod or not pc.pod_uid:
+            return None
+        from nativewatch.k8s_events import PodRef
+
+        return PodRef(pc.namespace, pc.pod, pc.pod_uid)
+
+    def _event(self, info: ContainerInfo | None, reason: str, message: str) -> None:
+        pod = self._pod_of(info) if self.events is not None else None
+        if pod is not None:
+            self.events.post(pod, reason, message)
 
     def labels(self, info: ContainerInfo | None) -> ContainerLabels:
         if info is None:
@@ -266,6 +301,9 @@ class Agent:
                     src.close()
         if self.pod_meta is not None:
             self.pod_meta.stop()
+        if self.events is not None:
+            self.events.flush(5.0)
+            self.events.stop()
         if self.store is not None:
             self.store.close()
 
@@ -533,6 +571,11 @@ class Agent:
         elif bd is not None:
             doc["explanation"] = self._explain(rec, bd, times, doc).to_json()
         self._write_evidence(doc)
+        ex = doc.get("explanation") or {}
+        what = ex.get("summary") or f"{dominant} memory grew most"
+        self._event(bd.container if bd else None, "NativeMemoryOOMKilled",
+                    f"OOM-killed (container {labels.container or '?'}): {what}; evidence {doc['id']} "
+                    f"on node {self.events.host if self.events is not None else '?'}")
 
     def _explain(self, rec: _Proc, bd: Breakdown, times: list[float], doc: dict[str, Any]) -> Explanation:
         """The triage from what the agent had: its growth verdicts and history, the allocation sites of a
@@ -632,6 +675,7 @@ class Agent:
                 c = self.containers[summary.id] = _Container(summary.id, summary.info)
             c.last_seen = now
             facts = summary.memory
+            self._leak_event(c, summary.growth)
             views.append(ContainerView(
                 id=summary.id, info=c.info, labels=self.labels(c.info), categories=summary.categories,
                 growth=summary.growth, pids=tuple(sorted(b.pid for b in summary.members)),
@@ -644,6 +688,20 @@ class Agent:
             del self.containers[cid]
             self.tracker.forget([container_key(cid)])
         return views
+
+    def _leak_event(self, c: _Container, growth: dict[str, LeakVerdict]) -> None:
+        """One Event per container and growing category, when its verdict first says leak."""
+        if self.events is None:
+            return
+        for cat, v in growth.items():
+            if v.leak and cat not in c.leak_events:
+                c.leak_events.add(cat)
+                labels = self.labels(c.info)
+                self._event(c.info, "NativeMemoryLeak",
+                            f"{cat} memory of container {labels.container or c.id[:12]} grows "
+                            f"{v.bytes_per_second / 1048576:.2f} MiB/s ({v.tier} verdict, fit {v.fit.fit:.2f}); "
+                            f"`nativewatch explain --container {c.id[:12]}` on node {self.events.host} says what "
+                            "holds it")
 
     # --- auto-capture ------------------------------------------------------------------------------
     def _auto_capture(self, now: float) -> None:
