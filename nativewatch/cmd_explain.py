@@ -30,6 +30,7 @@ from nativewatch.jvm.gcstats import (
 )
 from nativewatch.model import CATEGORIES, Breakdown
 from nativewatch.soak import run_soak, soak_policy
+from nativewatch.sources.procstat import read_stat
 from nativewatch.tracker import Tracker, memory_facts
 from nativewatch.triage import Explanation, TriageInput, explain
 from nativewatch.units import human_bytes
@@ -118,7 +119,6 @@ class _Capture:
 def _container_pid(container_id: str, proc_root: str) -> int:
     """The container's largest process (by RSS) whose cgroup names this container id (a prefix will do)."""
     from nativewatch.snapshot import container_of
-    from nativewatch.sources.procstat import read_stat
 
     want = container_id.strip().lower()
     if len(want) < 6 or not re.fullmatch(r"[0-9a-f]+", want):
@@ -141,6 +141,51 @@ def _container_pid(container_id: str, proc_root: str) -> int:
     if not best:
         raise click.UsageError(f"no process of container {container_id} found")
     return best
+
+
+def _pod_pid(ref: str, proc_root: str) -> int:
+    """The largest local process of pod NAMESPACE/NAME: the pod's container ids come from the API
+    server (the in-cluster service account: run it in the agent's pod), the processes from cgroups."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    from pathlib import Path
+
+    from nativewatch.k8s_meta import in_cluster_endpoint, parse_pod, ssl_context
+
+    ns, _, name = ref.partition("/")
+    if not ns or not name or "/" in name:
+        raise click.BadParameter("expected NAMESPACE/NAME", param_hint="--pod")
+    sa = os.environ.get("NATIVEWATCH_K8S_SA_DIR")
+    endpoint, why = in_cluster_endpoint(None, Path(sa)) if sa else in_cluster_endpoint()
+    if endpoint is None:
+        raise click.UsageError(f"--pod needs the Kubernetes API ({why}); on the node, use --container")
+    url = (f"{endpoint.base_url.rstrip('/')}/api/v1/namespaces/{urllib.parse.quote(ns, safe='')}/pods/"
+           f"{urllib.parse.quote(name, safe='')}")
+    headers = {"Accept": "application/json", "User-Agent": "nativewatch-explain"}
+    if endpoint.token_path is not None:
+        headers["Authorization"] = f"Bearer {endpoint.token_path.read_text().strip()}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10,
+                                    context=ssl_context(endpoint)) as resp:
+            pod = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise click.UsageError(f"pod {ref}: the API server answered {exc.code}"
+                               + (" (no such pod)" if exc.code == 404 else "")) from None
+    except (OSError, ValueError) as exc:
+        raise click.UsageError(f"pod {ref}: cannot ask the API server: {exc}") from None
+    _uid, containers, _problems = parse_pod(pod)
+    found: list[tuple[int, int]] = []
+    for c in containers:
+        try:
+            pid = _container_pid(c.container_id, proc_root)
+        except click.UsageError:
+            continue
+        st = read_stat(pid, proc_root)
+        found.append((st.rss_bytes if st is not None else 0, pid))
+    if not found:
+        raise click.UsageError(f"pod {ref} has no running process on this node")
+    return max(found)[1]
 
 
 def _container_memory(bd: Breakdown, proc_root: str) -> tuple[int | None, int | None]:
@@ -252,7 +297,8 @@ def render_text(doc: dict[str, Any]) -> str:
 @click.command("explain")
 @click.option("--pid", "-p", type=int, help="Process to explain.")
 @click.option("--container", "container_id", help="Container id (or a prefix): explains its largest process.")
-@click.option("--pod", help="NAMESPACE/NAME (needs the Kubernetes API: use --container on a node).")
+@click.option("--pod", help="NAMESPACE/NAME: its largest process on this node (asks the API server with the "
+                            "in-cluster service account).")
 @click.option("--duration", "-d", type=DURATION, default="60s", show_default=True, help="How long to watch.")
 @click.option("--interval", type=DURATION, default="2s", show_default=True, help="Breakdown sampling interval.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON contract.")
@@ -267,16 +313,18 @@ def command(pid: int | None, container_id: str | None, pod: str | None, duration
 
     if sum(x is not None for x in (pid, container_id, pod)) != 1:
         fail("give exactly one of --pid, --container, --pod")
-    if pod is not None:
-        fail("--pod needs the Kubernetes API, which this command does not talk to; on the node, use "
-             "--container with the id from `kubectl get pod -o jsonpath='{.status.containerStatuses[*].containerID}'`")
     if duration <= 0 or interval <= 0 or interval > duration:
         fail("duration and interval must be positive, the interval at most the duration")
     try:
         budget = parse_overhead(max_overhead)
     except ValueError as exc:
         fail(str(exc))
-    target = pid if pid is not None else _container_pid(str(container_id), proc_root)
+    if pid is not None:
+        target = pid
+    elif container_id is not None:
+        target = _container_pid(container_id, proc_root)
+    else:
+        target = _pod_pid(str(pod), proc_root)
     if target <= 0:
         fail(f"invalid pid: {target}")
     stop = threading.Event()

@@ -360,6 +360,15 @@ def test_every_dashboard_query_returns_data_from_a_real_agent_and_prometheus(e2e
         assert oom["type"] == "Warning" and "native" in oom["message"] and "OOM-killed" in oom["message"]
         assert "native memory of container app grows" in evs["NativeMemoryLeak"]["message"]
         assert not any(e["involvedObject"]["name"] == "ledger-0" for e in state.events.values())
+        # explain --pod: the pod's container ids from the API server, its process from the cgroups
+        ex = subprocess.run([str(exe), "explain", "--pod", "e2e/ledger-0", "--duration", "3s", "--interval", "1s",
+                             "--json", "--no-capture"], env=env, capture_output=True, text=True, timeout=120)
+        assert ex.returncode == 0, ex.stderr
+        doc = json.loads(ex.stdout)
+        assert doc["pid"] == jvm.pid and doc["runtime"] == "jvm" and doc["managed_heap_limit_bytes"] == 128 * MIB
+        gone = subprocess.run([str(exe), "explain", "--pod", "e2e/nope-0", "--duration", "3s"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert gone.returncode != 0 and "404" in gone.stderr and "Traceback" not in gone.stderr
     finally:
         if agent is not None:
             agent.send_signal(signal.SIGTERM)
