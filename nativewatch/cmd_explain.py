@@ -202,9 +202,10 @@ def _container_memory(bd: Breakdown, proc_root: str) -> tuple[int | None, int | 
 
 def run_explain(pid: int, duration_s: float, interval_s: float, *, proc_root: str = "/proc", capture: bool = True,
                 max_overhead: float | None = 0.05, attach: bool = True,
-                stop: threading.Event | None = None) -> dict[str, Any]:
-    """Watch pid for duration_s and explain it; returns the JSON document. Raises ProcessGone or
-    AccessDenied when the process cannot be read at all."""
+                stop: threading.Event | None = None, agent_url: str | None = None) -> dict[str, Any]:
+    """Watch pid for duration_s and explain it; returns the JSON document. Growth comes from the node
+    agent at `agent_url` when it watches pid over a longer window than this one, else from the
+    sampling. Raises ProcessGone or AccessDenied when the process cannot be read at all."""
     from nativewatch.cmd_soak import _Sampler
 
     snap = _Sampler(pid, proc_root, attach, 5.0)
@@ -232,6 +233,17 @@ def run_explain(pid: int, duration_s: float, interval_s: float, *, proc_root: st
         tracker.observe("p", s.t_s, s.rss_bytes, s.categories)
     growth = tracker.category_growth("p")
     problems = list(problems) + list(snap.notes)
+    window = samples[-1].t_s - samples[0].t_s if len(samples) > 1 else 0.0
+    n_samples, min_window = len(samples), 20.0
+    source: dict[str, Any] = {"from": "sampled", "window_s": round(window, 3)}
+    if agent_url:
+        from nativewatch.agent_history import agent_history
+
+        hist = agent_history(pid, last.comm, agent_url)
+        if hist is not None and hist.window_s > window:
+            # the agent's verdicts already embody its policy's windows: any of them that exists counts
+            growth, window, n_samples, min_window = hist.growth, hist.window_s, hist.samples, 0.0
+            source = {"from": "agent", "url": hist.url, "window_s": round(hist.window_s, 3)}
     limit: int | None = None
     if last.runtime == "jvm":
         limit = gc.limit
@@ -258,12 +270,11 @@ def run_explain(pid: int, duration_s: float, interval_s: float, *, proc_root: st
         elif cap.problem:
             problems.append(cap.problem)
     ws, climit = _container_memory(last, proc_root)
-    window = samples[-1].t_s - samples[0].t_s if len(samples) > 1 else 0.0
     ex: Explanation = explain(TriageInput(
         pid=pid, runtime=last.runtime, rss_bytes=last.rss_bytes, managed_heap_limit_bytes=limit, growth=growth,
-        window_s=window, samples=len(samples), heap_post_gc=trend, gc_time_ratio=ratio, sites=sites,
+        window_s=window, samples=n_samples, heap_post_gc=trend, gc_time_ratio=ratio, sites=sites,
         container_working_set_bytes=ws, container_limit_bytes=climit,
-        min_slope_bytes_per_second=MIN_SLOPE_BYTES_PER_SECOND))
+        min_slope_bytes_per_second=MIN_SLOPE_BYTES_PER_SECOND, min_window_s=min_window))
     return {
         "pid": pid, "comm": last.comm, "runtime": last.runtime, "rss_bytes": last.rss_bytes,
         "managed_heap_limit_bytes": limit, "verdict": ex.verdict,
@@ -277,7 +288,7 @@ def run_explain(pid: int, duration_s: float, interval_s: float, *, proc_root: st
                       if last.container is not None else None),
         "window": {"start_time": round(t_start, 3), "duration_s": round(elapsed, 3), "samples": len(samples),
                    "collections": (gc.samples[-1].collections - gc.samples[0].collections) if gc.samples else 0},
-        "capture": capture_doc, "problems": problems,
+        "capture": capture_doc, "growth_source": source, "problems": problems,
     }
 
 
@@ -305,9 +316,13 @@ def render_text(doc: dict[str, Any]) -> str:
 @click.option("--no-capture", is_flag=True, help="Do not run an allocation capture beside the sampling.")
 @click.option("--max-overhead", default="5%", show_default=True, help="Budget of the capture, share of one core.")
 @click.option("--no-attach", is_flag=True, help="Never talk to the process (no JVM attach for NMT).")
+@click.option("--agent", "agent_url", default=None,
+              help="The node agent whose growth history to use when it watches the process "
+                   "(default $NATIVEWATCH_AGENT_URL, else http://127.0.0.1:9847; 'none': only sample).")
 @click.option("--proc-root", default="/proc", show_default=True, hidden=True)
 def command(pid: int | None, container_id: str | None, pod: str | None, duration: float, interval: float,
-            as_json: bool, no_capture: bool, max_overhead: str, no_attach: bool, proc_root: str) -> None:
+            as_json: bool, no_capture: bool, max_overhead: str, no_attach: bool, agent_url: str | None,
+            proc_root: str) -> None:
     """Is it a heap leak, an off-heap leak, or no leak; and what to do next."""
     from nativewatch.malloc_profile.governor import parse_overhead
 
@@ -333,8 +348,12 @@ def command(pid: int | None, container_id: str | None, pod: str | None, duration
     if not as_json:
         click.echo(f"nativewatch: watching pid {target} for {duration:g}s (Ctrl-C ends the window early)", err=True)
     try:
+        from nativewatch.agent_history import DEFAULT_AGENT_URL
+
+        url = agent_url or os.environ.get("NATIVEWATCH_AGENT_URL") or DEFAULT_AGENT_URL
         doc = run_explain(target, duration, interval, proc_root=proc_root, capture=not no_capture,
-                          max_overhead=budget, attach=not no_attach, stop=stop)
+                          max_overhead=budget, attach=not no_attach, stop=stop,
+                          agent_url=None if url.lower() == "none" else url)
     except (ProcessGone, AccessDenied) as exc:
         pid_errors(target, exc)
     click.echo(json.dumps(doc) if as_json else render_text(doc))
