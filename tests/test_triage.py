@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import pytest
+from conftest import SAMPLES
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -28,7 +28,6 @@ from nativewatch.jvm.gcstats import (
 from nativewatch.jvm.hsperf import parse_hsperfdata
 from nativewatch.triage import TriageInput, explain
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 MiB = 1 << 20
 
 
