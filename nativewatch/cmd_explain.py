@@ -30,9 +30,10 @@ from nativewatch.jvm.gcstats import (
 )
 from nativewatch.model import CATEGORIES, Breakdown
 from nativewatch.soak import run_soak, soak_policy
+from nativewatch.sources.procfs import list_pids
 from nativewatch.sources.procstat import read_stat
 from nativewatch.tracker import Tracker, memory_facts
-from nativewatch.triage import Explanation, TriageInput, explain
+from nativewatch.triage import MIN_WINDOW_S, Explanation, TriageInput, explain
 from nativewatch.units import human_bytes
 
 # Below this a category does not count as growing over a minutes-long window: ~1.4 GB a day, above a
@@ -116,31 +117,31 @@ class _Capture:
         self._thread.join(60)
 
 
+def _largest_per_container(proc_root: str) -> dict[str, tuple[int, int]]:
+    """Container id -> (RSS, pid) of its largest process, from one pass over the processes' cgroups."""
+    from nativewatch.sources.cgroup_identity import container_identity, read_proc_cgroup
+
+    out: dict[str, tuple[int, int]] = {}
+    for pid in list_pids(proc_root):
+        try:
+            info = container_identity(read_proc_cgroup(pid, proc_root))
+            st = read_stat(pid, proc_root) if info is not None else None
+        except (OSError, ProcessGone, AccessDenied, ValueError):
+            continue
+        if info is not None and st is not None and (st.rss_bytes, pid) > out.get(info.id, (-1, 0)):
+            out[info.id] = (st.rss_bytes, pid)
+    return out
+
+
 def _container_pid(container_id: str, proc_root: str) -> int:
     """The container's largest process (by RSS) whose cgroup names this container id (a prefix will do)."""
-    from nativewatch.snapshot import container_of
-
     want = container_id.strip().lower()
     if len(want) < 6 or not re.fullmatch(r"[0-9a-f]+", want):
         raise click.BadParameter("a container id is at least 6 hex digits", param_hint="--container")
-    best, best_rss = 0, -1
-    for name in os.listdir(proc_root):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"{proc_root}/{name}/cgroup") as f:
-                info = container_of(f.read())
-            if info is None or not info.id.startswith(want):
-                continue
-            st = read_stat(int(name), proc_root)
-            rss = st.rss_bytes if st is not None else -1
-        except (OSError, ProcessGone, AccessDenied, ValueError):
-            continue
-        if rss > best_rss:
-            best, best_rss = int(name), rss
-    if not best:
+    found = [v for cid, v in _largest_per_container(proc_root).items() if cid.startswith(want)]
+    if not found:
         raise click.UsageError(f"no process of container {container_id} found")
-    return best
+    return max(found)[1]
 
 
 def _pod_pid(ref: str, proc_root: str) -> int:
@@ -149,24 +150,20 @@ def _pod_pid(ref: str, proc_root: str) -> int:
     import urllib.error
     import urllib.parse
     import urllib.request
-    from pathlib import Path
 
-    from nativewatch.k8s_meta import in_cluster_endpoint, parse_pod, ssl_context
+    from nativewatch.k8s_meta import in_cluster_endpoint, parse_pod, request_headers, ssl_context
 
     ns, _, name = ref.partition("/")
     if not ns or not name or "/" in name:
         raise click.BadParameter("expected NAMESPACE/NAME", param_hint="--pod")
-    sa = os.environ.get("NATIVEWATCH_K8S_SA_DIR")
-    endpoint, why = in_cluster_endpoint(None, Path(sa)) if sa else in_cluster_endpoint()
+    endpoint, why = in_cluster_endpoint()
     if endpoint is None:
         raise click.UsageError(f"--pod needs the Kubernetes API ({why}); on the node, use --container")
     url = (f"{endpoint.base_url.rstrip('/')}/api/v1/namespaces/{urllib.parse.quote(ns, safe='')}/pods/"
            f"{urllib.parse.quote(name, safe='')}")
-    headers = {"Accept": "application/json", "User-Agent": "nativewatch-explain"}
-    if endpoint.token_path is not None:
-        headers["Authorization"] = f"Bearer {endpoint.token_path.read_text().strip()}"
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10,
+        req = urllib.request.Request(url, headers=request_headers(endpoint, "nativewatch-explain"))
+        with urllib.request.urlopen(req, timeout=10,
                                     context=ssl_context(endpoint)) as resp:
             pod = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
@@ -175,14 +172,8 @@ def _pod_pid(ref: str, proc_root: str) -> int:
     except (OSError, ValueError) as exc:
         raise click.UsageError(f"pod {ref}: cannot ask the API server: {exc}") from None
     _uid, containers, _problems = parse_pod(pod)
-    found: list[tuple[int, int]] = []
-    for c in containers:
-        try:
-            pid = _container_pid(c.container_id, proc_root)
-        except click.UsageError:
-            continue
-        st = read_stat(pid, proc_root)
-        found.append((st.rss_bytes if st is not None else 0, pid))
+    local = _largest_per_container(proc_root)
+    found = [local[c.container_id] for c in containers if c.container_id in local]
     if not found:
         raise click.UsageError(f"pod {ref} has no running process on this node")
     return max(found)[1]
@@ -206,9 +197,9 @@ def run_explain(pid: int, duration_s: float, interval_s: float, *, proc_root: st
     """Watch pid for duration_s and explain it; returns the JSON document. Growth comes from the node
     agent at `agent_url` when it watches pid over a longer window than this one, else from the
     sampling. Raises ProcessGone or AccessDenied when the process cannot be read at all."""
-    from nativewatch.cmd_soak import _Sampler
+    from nativewatch.snapshot import SnapshotSampler
 
-    snap = _Sampler(pid, proc_root, attach, 5.0)
+    snap = SnapshotSampler(pid, proc_root, attach, 5.0)
     first = snap()  # raises ProcessGone / AccessDenied for the caller
 
     def sampler() -> Breakdown:
@@ -234,7 +225,7 @@ def run_explain(pid: int, duration_s: float, interval_s: float, *, proc_root: st
     growth = tracker.category_growth("p")
     problems = list(problems) + list(snap.notes)
     window = samples[-1].t_s - samples[0].t_s if len(samples) > 1 else 0.0
-    n_samples, min_window = len(samples), 20.0
+    n_samples, min_window = len(samples), MIN_WINDOW_S
     source: dict[str, Any] = {"from": "sampled", "window_s": round(window, 3)}
     if agent_url:
         from nativewatch.agent_history import agent_history

@@ -23,9 +23,9 @@ import click
 
 from nativewatch.clickutil import DURATION, fail, pid_errors
 from nativewatch.errors import AccessDenied, ProcessGone
-from nativewatch.model import CATEGORIES, Breakdown
+from nativewatch.model import CATEGORIES
 from nativewatch.runtimes.registry import runtime_named
-from nativewatch.snapshot import take_snapshot
+from nativewatch.snapshot import SnapshotSampler
 from nativewatch.soak import (
     DEFAULT_CATEGORIES,
     DEFAULT_MAX_GROWTH,
@@ -52,25 +52,6 @@ class _Rate(click.ParamType):
             return parse_rate(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
-
-
-class _Sampler:
-    """take_snapshot with JVM refinement that falls back to the smaps view if JVM support is missing."""
-
-    def __init__(self, pid: int, proc_root: str, jvm: bool, jvm_timeout_s: float) -> None:
-        self.pid, self.proc_root, self.jvm, self.jvm_timeout_s = pid, proc_root, jvm, jvm_timeout_s
-        self.notes: list[str] = []
-
-    def __call__(self) -> Breakdown:
-        try:
-            return take_snapshot(self.pid, proc_root=self.proc_root, jvm=self.jvm,
-                                 jvm_timeout_s=self.jvm_timeout_s, with_sites=False)
-        except ImportError as exc:
-            if not self.jvm:
-                raise
-            self.jvm = False
-            self.notes.append(f"JVM support unavailable ({exc}): JVM memory is shown as native/file")
-            return take_snapshot(self.pid, proc_root=self.proc_root, jvm=False, with_sites=False)
 
 
 def _stop(child: subprocess.Popen) -> None:
@@ -153,7 +134,7 @@ def command(duration: float, interval: float | None, max_growth: float, categori
             fail(f"invalid pid: {pid}", 2)
         target_pid = pid
 
-    sampler = _Sampler(target_pid, proc_root, jvm, jvm_timeout)
+    sampler = SnapshotSampler(target_pid, proc_root, jvm, jvm_timeout)
     progress_every = max(interval, duration / 10)
     last_progress = [-progress_every]
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from nativewatch.k8s_meta import Endpoint, ssl_context
+from nativewatch.k8s_meta import Endpoint, request_headers, ssl_context
 
 __all__ = ["PodRef", "EventRecorder", "event_body", "MAX_MESSAGE"]
 
@@ -186,9 +186,7 @@ class EventRecorder:
         return f"error: {self.last_error}"
 
     def _urlopen(self, method: str, url: str, body: dict[str, Any], ctype: str) -> tuple[int, bytes]:
-        headers = {"Content-Type": ctype, "Accept": "application/json", "User-Agent": "nativewatch-agent"}
-        if self.endpoint.token_path is not None:
-            headers["Authorization"] = f"Bearer {self.endpoint.token_path.read_text().strip()}"
+        headers = {**request_headers(self.endpoint), "Content-Type": ctype}
         req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method=method)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s, context=self._ssl) as resp:

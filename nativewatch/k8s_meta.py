@@ -44,6 +44,7 @@ __all__ = [
     "PodContainer", "PodListResult", "WatchEvent", "PodIndex", "Endpoint", "PodWatcher", "PodMetadata",
     "split_container_id", "parse_pod", "parse_pod_list", "parse_watch_event", "in_cluster_endpoint",
     "kubelet_endpoint", "cgroup_only_labels", "LABEL_NAMES", "ssl_context",
+    "request_headers", "service_account_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -280,10 +281,25 @@ class Endpoint:
         return self.base_url.rstrip("/") + "/api/v1/pods?" + urllib.parse.urlencode(query)
 
 
-def in_cluster_endpoint(env: Mapping[str, str] | None = None,
-                        sa_dir: Path = SERVICE_ACCOUNT_DIR) -> tuple[Endpoint | None, str]:
-    """The API server as seen from a pod, or (None, why not)."""
+def service_account_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where the service account token and CA are read: $NATIVEWATCH_K8S_SA_DIR, else the pod's mount."""
     env = os.environ if env is None else env
+    return Path(env.get("NATIVEWATCH_K8S_SA_DIR") or SERVICE_ACCOUNT_DIR)
+
+
+def request_headers(endpoint: Endpoint, user_agent: str = "nativewatch-agent") -> dict[str, str]:
+    """JSON request headers with the bearer token, re-read on every call (projected tokens rotate)."""
+    headers = {"Accept": "application/json", "User-Agent": user_agent}
+    if endpoint.token_path is not None:
+        headers["Authorization"] = f"Bearer {endpoint.token_path.read_text().strip()}"
+    return headers
+
+
+def in_cluster_endpoint(env: Mapping[str, str] | None = None,
+                        sa_dir: Path | None = None) -> tuple[Endpoint | None, str]:
+    """The API server as seen from a pod, or (None, why not). `sa_dir`: service_account_dir(env)."""
+    env = os.environ if env is None else env
+    sa_dir = service_account_dir(env) if sa_dir is None else sa_dir
     host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "")
     node = env.get("NODE_NAME", "")
     if not host or not port:
@@ -342,11 +358,7 @@ class PodWatcher:
         self._ssl = ssl_context(endpoint)
 
     def _open(self, url: str, timeout: float):  # -> http.client.HTTPResponse
-        headers = {"Accept": "application/json", "User-Agent": "nativewatch-agent"}
-        if self.endpoint.token_path is not None:
-            token = self.endpoint.token_path.read_text().strip()
-            headers["Authorization"] = f"Bearer {token}"
-        req = urllib.request.Request(url, headers=headers)
+        req = urllib.request.Request(url, headers=request_headers(self.endpoint))
         try:
             return urllib.request.urlopen(req, timeout=timeout, context=self._ssl)
         except urllib.error.HTTPError as exc:
@@ -452,7 +464,7 @@ class PodMetadata:
         account token and CA are read (default: the pod's mounted service account)."""
         env = os.environ if env is None else env
         if sa_dir is None:
-            sa_dir = Path(env.get("NATIVEWATCH_K8S_SA_DIR") or SERVICE_ACCOUNT_DIR)
+            sa_dir = service_account_dir(env)
         kubelet_url = kubelet_url or env.get("NATIVEWATCH_KUBELET_URL") or None
         index = PodIndex()
         if kubelet_url:

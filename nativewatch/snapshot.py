@@ -188,6 +188,26 @@ def take_snapshot(pid: int, *, proc_root: str = "/proc", jvm: bool = True, jvm_t
     return bd
 
 
+class SnapshotSampler:
+    """take_snapshot again and again (soak, explain), with JVM refinement that falls back to the smaps view
+    if JVM support is missing."""
+
+    def __init__(self, pid: int, proc_root: str, jvm: bool, jvm_timeout_s: float) -> None:
+        self.pid, self.proc_root, self.jvm, self.jvm_timeout_s = pid, proc_root, jvm, jvm_timeout_s
+        self.notes: list[str] = []
+
+    def __call__(self) -> Breakdown:
+        try:
+            return take_snapshot(self.pid, proc_root=self.proc_root, jvm=self.jvm,
+                                 jvm_timeout_s=self.jvm_timeout_s, with_sites=False)
+        except ImportError as exc:
+            if not self.jvm:
+                raise
+            self.jvm = False
+            self.notes.append(f"JVM support unavailable ({exc}): JVM memory is shown as native/file")
+            return take_snapshot(self.pid, proc_root=self.proc_root, jvm=False, with_sites=False)
+
+
 def _running_sites(pid: int) -> list[dict] | None:
     try:
         from nativewatch.malloc_profile.state import running_top_sites

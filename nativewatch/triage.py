@@ -21,10 +21,11 @@ from nativewatch.growth import LeakVerdict
 from nativewatch.jvm.gcstats import FloorTrend
 from nativewatch.units import human_bytes
 
-__all__ = ["Growing", "TriageInput", "Explanation", "explain", "VERDICTS", "MIN_SAMPLES"]
+__all__ = ["Growing", "TriageInput", "Explanation", "explain", "VERDICTS", "MIN_SAMPLES", "MIN_WINDOW_S"]
 
 VERDICTS = ("heap", "off-heap", "no-leak", "insufficient-data")
 MIN_SAMPLES = 5
+MIN_WINDOW_S = 20.0  # explain's own sampling: shorter says nothing about a trend
 # A floor must rise this much over the window to count (young collections leave survivors behind,
 # so consecutive floors wobble by a few MiB)
 MIN_FLOOR_RISE_BYTES = 4 << 20
@@ -60,7 +61,7 @@ class TriageInput:
     min_slope_bytes_per_second: float = 1024.0
     # shortest history that can say anything; the agent passes its own policy's (its verdicts already
     # embody its windows), explain its default
-    min_window_s: float = 20.0
+    min_window_s: float = MIN_WINDOW_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,11 +198,12 @@ def explain(inp: TriageInput) -> Explanation:
     if inp.gc_time_ratio is not None:
         evidence.append(f"{inp.gc_time_ratio:.1%} of the time in GC pauses")
 
+    def insufficient(why: str) -> Explanation:
+        return Explanation("insufficient-data", growing, f"pid {inp.pid}: {why}", tuple(evidence),
+                           (f"watch longer: `nativewatch explain --pid {inp.pid} --duration 5m`",), tuple(inp.sites))
+
     if inp.samples < MIN_SAMPLES or inp.window_s < inp.min_window_s:
-        return Explanation("insufficient-data", growing,
-                           f"pid {inp.pid}: not enough data ({inp.samples} samples over {inp.window_s:.0f} s)",
-                           tuple(evidence), (f"watch longer: `nativewatch explain --pid {inp.pid} --duration 5m`",),
-                           tuple(inp.sites))
+        return insufficient(f"not enough data ({inp.samples} samples over {inp.window_s:.0f} s)")
     off_heap = [g for g in growing if g.category != "heap"]
     heap_grows = any(g.category == "heap" for g in growing)
     verdict, cat = "no-leak", ""
@@ -211,11 +213,8 @@ def explain(inp: TriageInput) -> Explanation:
         elif off_heap:
             verdict, cat = "off-heap", off_heap[0].category
         elif heap_grows and f is None:
-            return Explanation("insufficient-data", growing,
-                               f"pid {inp.pid}: the heap's resident pages grow but fewer than 3 collections ran: "
-                               "a leak cannot be told from allocation yet", tuple(evidence),
-                               (f"watch longer: `nativewatch explain --pid {inp.pid} --duration 5m`",),
-                               tuple(inp.sites))
+            return insufficient("the heap's resident pages grow but fewer than 3 collections ran: a leak "
+                                "cannot be told from allocation yet")
     elif growing:
         cat = growing[0].category
         verdict = "heap" if cat == "heap" else "off-heap"

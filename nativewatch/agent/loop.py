@@ -213,8 +213,7 @@ class Agent:
         from nativewatch.k8s_events import EventRecorder
         from nativewatch.k8s_meta import in_cluster_endpoint
 
-        sa = os.environ.get("NATIVEWATCH_K8S_SA_DIR")
-        endpoint, _why = in_cluster_endpoint(None, Path(sa)) if sa else in_cluster_endpoint()
+        endpoint, _why = in_cluster_endpoint()
         if endpoint is None:
             return None  # outside a cluster; k8s-meta already says why there is no API
         rec = EventRecorder(endpoint)

@@ -487,22 +487,9 @@ def _summary_regions(base: Attribution, report: nmt.NmtReport) -> tuple[list[Reg
     return regions, proven
 
 
-def _hsperf_heap_max(pd: hsperf.PerfData) -> int:
-    """The heap reservation from hsperfdata. G1 (and other region-based collectors) publish the whole
-    heap as every generation's max; Serial/Parallel split it between generations. HotSpot adds a
-    few bytes to these counters, so round down to pages."""
-    maxes = [pd.int_value(f"sun.gc.generation.{g}.maxCapacity") for g in range(4)]
-    maxes = [v for v in maxes if v and v > 0]
-    if not maxes:
-        return 0
-    top = max(maxes)
-    size = top if all(v >= 0.9 * top for v in maxes) else sum(maxes)
-    return size // PAGE * PAGE
-
-
 def _hsperf_regions(base: Attribution, pd: hsperf.PerfData) -> list[Region]:
     regions: list[Region] = _cds_regions(base)
-    size = _hsperf_heap_max(pd)
+    size = hsperf.heap_reservation_bytes(pd)
     r = find_reservation(base.shares, size) if size else None
     if r:
         regions.append((r[0], r[1], "Java Heap", True))
@@ -525,7 +512,7 @@ def _hsperf_json(pd: hsperf.PerfData, version: str | None, mapped: dict[str, int
         return None
     cats: dict[str, dict[str, int]] = {
         "Java Heap": {"committed_bytes": sum(val(f"sun.gc.generation.{g}.capacity") for g in gens) // PAGE * PAGE,
-                      "reserved_bytes": _hsperf_heap_max(pd)},
+                      "reserved_bytes": hsperf.heap_reservation_bytes(pd)},
     }
     ccs, meta = val("sun.gc.compressedclassspace.capacity"), val("sun.gc.metaspace.capacity")
     if pd.int_value("sun.gc.metaspace.capacity") is not None:

@@ -20,15 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import median
 
-from nativewatch.jvm.hsperf import PerfData
+from nativewatch.jvm.hsperf import PerfData, heap_reservation_bytes
 
 __all__ = ["GcSample", "gc_sample", "max_heap_bytes", "post_gc_floor", "FloorTrend", "floor_trend",
            "gc_time_ratio", "gc_figures"]
 
 _SIZE = re.compile(r"^(\d+)([kKmMgGtT]?)$")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-# Collectors whose generations report the whole heap each (regions shared by young and old)
-_SHARED_CAPACITY = ("GarbageFirst", "G1", "Z", "Shenandoah")
 _MAX_POINTS = 400  # Theil-Sen is quadratic: the last 400 collections are plenty for a slope
 
 
@@ -69,8 +67,8 @@ def parse_size(text: str) -> int | None:
 
 
 def max_heap_bytes(pd: PerfData) -> int | None:
-    """-Xmx (or -XX:MaxHeapSize) when given on the command line, else the JVM's own maximum
-    capacities: one generation's for collectors whose generations share the heap, their sum else."""
+    """-Xmx (or -XX:MaxHeapSize) when given on the command line, else the heap reservation the JVM
+    publishes (hsperf.heap_reservation_bytes)."""
     args = " ".join(filter(None, (pd.str_value("java.rt.vmArgs"), pd.str_value("java.rt.vmFlags"))))
     found: int | None = None
     for tok in args.split():  # the last one wins, as for the JVM itself
@@ -81,14 +79,7 @@ def max_heap_bytes(pd: PerfData) -> int | None:
             v = parse_size(tok.split("=", 1)[1])
         if v:
             found = v
-    if found:
-        return found
-    caps = [_int(pd, f"sun.gc.generation.{g}.maxCapacity") for g in range(2)]
-    caps = [c for c in caps if c > 0]
-    if not caps:
-        return None
-    policy = pd.str_value("sun.gc.policy.name") or ""
-    return max(caps) if policy.startswith(_SHARED_CAPACITY) else sum(caps)
+    return found or heap_reservation_bytes(pd) or None
 
 
 def post_gc_floor(samples: Sequence[GcSample]) -> list[tuple[float, int]]:

@@ -31,6 +31,7 @@ _VARIABILITY = {1: "constant", 2: "monotonic", 3: "variable"}
 _ENTRY = {o: struct.Struct(o + "iiiBBBBi") for o in "<>"}
 _LONG = {o: struct.Struct(o + "q") for o in "<>"}
 _J, _B = ord("J"), ord("B")
+_PAGE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +171,19 @@ def read_hsperfdata(pid: int, proc_root: str = "/proc") -> PerfData | None:
     finally:
         os.close(tmp_fd)
     return parse_hsperfdata(raw) if raw is not None else None
+
+
+def heap_reservation_bytes(pd: PerfData) -> int:
+    """The heap reservation from hsperfdata. G1 (and other region-based collectors) publish the whole
+    heap as every generation's max; Serial/Parallel split it between generations. HotSpot adds a
+    few bytes to these counters, so round down to pages."""
+    maxes = [pd.int_value(f"sun.gc.generation.{g}.maxCapacity") for g in range(4)]
+    maxes = [v for v in maxes if v and v > 0]
+    if not maxes:
+        return 0
+    top = max(maxes)
+    size = top if all(v >= 0.9 * top for v in maxes) else sum(maxes)
+    return size // _PAGE * _PAGE
 
 
 def jvm_memory_figures(pd: PerfData) -> dict[str, int]:
