@@ -31,7 +31,6 @@ import pytest
 from nativewatch.jvm import attach, nmt
 from nativewatch.jvm.attribute import (
     _jdk_version,
-    _Pagemap,
     attribute_jvm,
     fetch_nmt,
     nmt_baseline,
@@ -40,6 +39,7 @@ from nativewatch.jvm.attribute import (
 )
 from nativewatch.model import CATEGORIES
 from nativewatch.snapshot import gather_facts
+from nativewatch.sources.pagemap import Pagemap as _Pagemap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "java"))
 from harness import Jvm, compile_programs, java_home, jvm_argv  # noqa: E402

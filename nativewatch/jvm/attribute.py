@@ -30,7 +30,6 @@ rest -> runtime.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,14 +40,14 @@ from nativewatch.errors import AccessDenied, NativewatchError, ProcessGone
 from nativewatch.jvm import attach, hsperf, nmt
 from nativewatch.jvm.gcstats import gc_figures
 from nativewatch.model import CATEGORIES
+from nativewatch.regions import Region, apportion, split_by_regions
+from nativewatch.sources.pagemap import PAGE, Pagemap
 from nativewatch.sources.procfs import Mapping
 
 __all__ = ["JvmAttribution", "attribute_jvm", "refine", "design_category", "apportion", "split_by_regions",
            "find_reservation", "nmt_baseline", "nmt_diff", "fetch_nmt", "NmtFetch"]
 
-PAGE = 4096
 POOL_KINDS = ("malloc-arena", "brk-heap", "anon")
-PAGEMAP_MAX_PAGES = 8 << 20  # 64 MiB of pagemap entries = 32 GiB of mixed mappings; beyond, use sizes
 _MMAP_ONLY = ("Java Heap", "Shared class space", "Thread Stack")
 
 
@@ -80,67 +79,6 @@ def design_category(nmt_name: str, *, has_other: bool = True) -> str:
     return "runtime"
 
 
-def apportion(total: int, weights: Sequence[int]) -> list[int]:
-    """Split `total` in proportion to `weights` (largest remainder): parts sum to `total` exactly."""
-    if total <= 0 or not weights:
-        return [0] * len(weights)
-    ws = [max(0, w) for w in weights]
-    s = sum(ws)
-    if s == 0:
-        ws = [1] * len(ws)
-        s = len(ws)
-    base = [total * w // s for w in ws]
-    rem = total - sum(base)
-    order = sorted(range(len(ws)), key=lambda i: (-(total * ws[i] % s), i))
-    for i in order[:rem]:
-        base[i] += 1
-    return base
-
-
-# [start, end), the raw NMT category name, and whether NMT says the range is committed (False for the
-# reserved-only gaps of a region: resident pages there are the category's, but a size-based split
-# gives them no weight, since memory NMT has not committed is not resident).
-Region = tuple[int, int, str, bool]
-
-
-def split_by_regions(m: Mapping, regions: Sequence[Region],
-                     present: Callable[[int, int], int | None] | None) -> tuple[dict[str | None, int], bool]:
-    """Split one mapping's Rss between the NMT regions inside it and the uncovered rest (key None).
-
-    `regions` must be sorted and non-overlapping. Returns (parts, exact) where exact says the split
-    came from counted pages (or needed none) rather than from sizes.
-    """
-    rss = m.rss
-    parts: list[tuple[int, int, str | None, bool]] = []
-    cur = m.start
-    for s, e, name, committed in regions:
-        lo, hi = max(s, m.start), min(e, m.end)
-        if hi <= lo:
-            continue
-        if lo > cur:
-            parts.append((cur, lo, None, True))
-        parts.append((lo, hi, name, committed))
-        cur = hi
-    if cur < m.end:
-        parts.append((cur, m.end, None, True))
-    keys = {p[2] for p in parts}
-    if len(keys) <= 1:
-        return {parts[0][2] if parts else None: rss}, True
-    weights: list[int] | None = None
-    exact = False
-    if present is not None and rss > 0:
-        counted = [present(lo, hi) for lo, hi, _, _ in parts]
-        if all(c is not None for c in counted) and sum(c for c in counted if c) > 0:
-            weights = [c or 0 for c in counted]
-            exact = True
-    if weights is None:
-        weights = [hi - lo if committed else 0 for lo, hi, _, committed in parts]
-    out: dict[str | None, int] = {}
-    for (_, _, name, _), v in zip(parts, apportion(rss, weights), strict=True):
-        out[name] = out.get(name, 0) + v
-    return out, exact
-
-
 def find_reservation(shares: Sequence[MappingShare], size: int) -> tuple[int, int] | None:
     """The unique run of contiguous private anonymous (or CDS) mappings spanning exactly `size` bytes."""
     if size <= 0:
@@ -165,43 +103,6 @@ def find_reservation(shares: Sequence[MappingShare], size: int) -> tuple[int, in
 def _plain_anon(m: Mapping) -> bool:
     # CDS maps archived heap objects from the .jsa file into the middle of the Java heap (JDK 12+).
     return not m.shared and ((m.path == "" and m.inode == 0) or m.path.endswith(".jsa"))
-
-
-class _Pagemap:
-    """Counts present pages of address ranges in /proc/PID/pagemap (bit 63 = present)."""
-
-    def __init__(self, pid: int, proc_root: str) -> None:
-        self.path = f"{proc_root}/{pid}/pagemap"
-        self.fd: int | None = None
-        self.failed = False
-        self.pages_read = 0
-
-    def __call__(self, start: int, end: int) -> int | None:
-        if self.failed:
-            return None
-        npages = (end - start + PAGE - 1) // PAGE
-        if self.pages_read + npages > PAGEMAP_MAX_PAGES:
-            return None
-        try:
-            if self.fd is None:
-                self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            raw = os.pread(self.fd, npages * 8, (start // PAGE) * 8)
-        except OSError:
-            self.failed = True
-            return None
-        self.pages_read += npages
-        present = 0
-        mv = memoryview(raw)
-        # Bit 63 is the top bit of the little-endian u64's last byte.
-        for i in range(7, len(raw), 8):
-            if mv[i] & 0x80:
-                present += 1
-        return present * PAGE
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,7 +500,7 @@ def attribute_jvm(pid: int, mappings: Sequence[Mapping], base: Attribution, *, p
             raise
         except NativewatchError as exc:
             fetch = NmtFetch(None, None, "unavailable", None, version, (f"nmt: {exc}",))
-    pagemap = _Pagemap(pid, proc_root)
+    pagemap = Pagemap(pid, proc_root)
     try:
         res = refine(base, fetch, pd, pagemap)
     finally:
