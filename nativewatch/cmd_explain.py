@@ -29,6 +29,7 @@ from nativewatch.jvm.gcstats import (
     post_gc_floor,
 )
 from nativewatch.model import CATEGORIES, Breakdown
+from nativewatch.runtimes.registry import runtime_named
 from nativewatch.soak import run_soak, soak_policy
 from nativewatch.sources.procfs import list_pids
 from nativewatch.sources.procstat import read_stat
@@ -246,6 +247,8 @@ def run_explain(pid: int, duration_s: float, interval_s: float, *, proc_root: st
                 limit = gomemlimit(f.read())
         except OSError as exc:
             problems.append(f"environment unreadable ({exc.strerror}): GOMEMLIMIT unknown")
+    else:
+        limit = runtime_named(last.runtime).heap_limit(last.runtime_details)
     trend = floor_trend(post_gc_floor(gc.samples)) if gc.samples else None
     ratio = gc_time_ratio(gc.samples) if gc.samples else None
     sites: list[dict[str, Any]] = []

@@ -158,6 +158,17 @@ def _heap_steps(inp: TriageInput) -> tuple[str, ...]:
     if inp.runtime == "go":
         return ("Go heap: `curl -s localhost:6060/debug/pprof/heap > a.pb.gz`, again later, then "
                 "`go tool pprof -inuse_space -base a.pb.gz b.pb.gz` shows the growth by stack (nearly free)",)
+    if inp.runtime == "node":
+        return (f"V8 heap: start Node with `--heapsnapshot-signal=SIGUSR2`, then `kill -USR2 {inp.pid}` twice some "
+                "minutes apart (the process pauses while each is written, and the file is about the heap's size); "
+                "load both .heapsnapshot files in Chrome DevTools (Memory -> Comparison) to see which constructors grow",
+                "`node --heapsnapshot-near-heap-limit=2` writes snapshots by itself before an out-of-heap crash")
+    if inp.runtime == "python":
+        return ("Python objects: `tracemalloc` (PYTHONTRACEMALLOC=25 at start, then "
+                "`tracemalloc.take_snapshot().compare_to(old, 'traceback')`) names the lines whose objects grow",
+                f"without a restart: `memray attach {inp.pid}` (injects into the process; try it on a drained "
+                "instance) or `py-spy dump --pid` to see what the threads are doing",
+                "gc.get_objects() counted by type twice, minutes apart, shows which types accumulate")
     if inp.runtime != "jvm":
         return ("the managed heap grows: take two heap snapshots some minutes apart under steady load and diff "
                 "them",)

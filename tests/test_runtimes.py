@@ -19,10 +19,12 @@ from rich.console import Console
 from nativewatch.agent.exporter import make_registry
 from nativewatch.agent.views import AgentView, ContainerLabels, ProcessView
 from nativewatch.attribute import Attribution
+from nativewatch.cpython.runtime import PYTHON
 from nativewatch.go.runtime import GO
 from nativewatch.jvm import attach
 from nativewatch.jvm.runtime import JVM
 from nativewatch.model import CATEGORIES, Breakdown
+from nativewatch.node.runtime import NODE
 from nativewatch.runtimes.base import (
     DetailGauge,
     DetailTable,
@@ -85,11 +87,12 @@ def _toy_proc(tmp_path: Path) -> str:
 
 
 def test_builtin_registry_order_and_fallback() -> None:
-    assert registered() == (JVM, GO, NATIVE)
-    assert names() == ("jvm", "go", "native")
+    assert registered() == (JVM, GO, NODE, PYTHON, NATIVE)
+    assert names() == ("jvm", "go", "node", "python", "native")
     assert runtime_named("jvm") is JVM and runtime_named("go") is GO
+    assert runtime_named("node") is NODE and runtime_named("python") is PYTHON
     # A name no runtime answers to any more (old evidence, another agent version) reads as native.
-    assert runtime_named("node") is NATIVE
+    assert runtime_named("ruby") is NATIVE
     assert JVM.needs_attach and not GO.needs_attach and not NATIVE.needs_attach
     assert GO.managed_heap is not None and JVM.managed_heap is None
 

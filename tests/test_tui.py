@@ -210,7 +210,7 @@ def test_sort_filter_and_growth_column(procs):
             await pilot.press("f")  # -> jvm: none of ours
             await pilot.pause(0.1)
             assert table_rows(app) == []
-            await pilot.press("f", "f", "f")  # go, native, all
+            await pilot.press("f", "f", "f", "f", "f")  # go, node, python, native, all
             assert app.view.filter == "all"
             await pilot.press("escape")  # clears the search: every process again
             await wait_for(pilot, lambda: len(table_rows(app)) > 3, what="unfiltered")

@@ -95,5 +95,9 @@ class Runtime:
     def details_table(self, details: dict[str, Any]) -> DetailTable | None:
         return None
 
+    def heap_limit(self, details: dict[str, Any]) -> int | None:
+        """The managed heap's limit from this runtime's details (explain's RSS-vs-limit check), if known."""
+        return None
+
     def __repr__(self) -> str:
         return f"<runtime {self.name}>"

@@ -6,8 +6,10 @@ Adding a runtime is one package implementing `Runtime` (nativewatch/runtimes/bas
 
 from __future__ import annotations
 
+from nativewatch.cpython.runtime import PYTHON
 from nativewatch.go.runtime import GO
 from nativewatch.jvm.runtime import JVM
+from nativewatch.node.runtime import NODE
 from nativewatch.runtimes.base import ProcessInfo, Runtime
 from nativewatch.runtimes.native import NATIVE
 
@@ -18,6 +20,8 @@ __all__ = ["detect", "names", "register", "registered", "runtime_named", "unregi
 _registry: list[Runtime] = [
     JVM,
     GO,
+    NODE,
+    PYTHON,
 ]
 
 
