@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 ./scripts/setup-test-jdks.sh
+./scripts/setup-test-node.sh
 exec .venv/bin/python -m pytest -ra "$@"

@@ -84,22 +84,27 @@ def _is_table_start(raw: bytes, arena_size: int, in_anon: Callable[[int], bool])
     return got is not None and got[1] == INITIAL_ENTRIES and bool(got[0])
 
 
-def _maxarenas_near(data: bytes, off: int) -> list[int]:
-    """32-bit values 16 << k within _NEAR bytes of data[off], nearest first."""
-    found: list[tuple[int, int]] = []
+def _is_count(v: int) -> bool:
+    return INITIAL_ENTRIES <= v <= MAX_ENTRIES and v & (v - 1) == 0
+
+
+def _maxarenas_near(data: bytes, off: int) -> list[tuple[int, int]]:
+    """(offset from the slot, value) of 32-bit values 16 << k within _NEAR bytes of data[off], nearest first."""
+    found: list[tuple[int, int, int]] = []
     for d in range(-_NEAR, _NEAR + 8, 4):
         o = off + d
         if o < 0 or o + 4 > len(data) or d in (0, 4):
             continue
         v = struct.unpack_from("<I", data, o)[0]
-        if v >= INITIAL_ENTRIES and v <= MAX_ENTRIES and v & (v - 1) == 0:
-            found.append((abs(d), v))
-    return [v for _, v in sorted(found)]
+        if _is_count(v):
+            found.append((abs(d), d, v))
+    return [(d, v) for _, d, v in sorted(found)]
 
 
 def read_table(slot: int, read: Callable[[int, int], bytes | None], arena_size: int,
-               in_anon: Callable[[int], bool], maxarenas: Sequence[int] = ()) -> ArenaTable | None:
-    """The table `slot` points at now, or None when it no longer reads as one."""
+               in_anon: Callable[[int], bool], maxarenas_at: Sequence[int] = ()) -> ArenaTable | None:
+    """The table `slot` points at now, or None when it no longer reads as one. `maxarenas_at` are
+    offsets from the slot where `maxarenas` may be (read afresh: the table doubles as it grows)."""
     raw = read(slot, 8)
     if raw is None:
         return None
@@ -107,7 +112,11 @@ def read_table(slot: int, read: Callable[[int, int], bytes | None], arena_size: 
     head = read(address, INITIAL_ENTRIES * ENTRY.size) if address else None
     if head is None or not _is_table_start(head, arena_size, in_anon):
         return None
-    for m in maxarenas:
+    for d in maxarenas_at:
+        word = read(slot + d, 4)
+        m = struct.unpack("<I", word)[0] if word is not None else 0
+        if not _is_count(m):
+            continue
         body = read(address, m * ENTRY.size)
         if body is None:
             continue
@@ -136,7 +145,7 @@ def locate_table(segments: Iterable[tuple[int, bytes]], read: Callable[[int, int
                  arena_size: int, anon_ranges: Sequence[tuple[int, int]]) -> tuple[ArenaTable, list[int]] | None:
     """Search the interpreter's writable data (address, bytes) for the arena table.
 
-    Returns the table and the maxarenas values found beside its slot (for `read_table` later)."""
+    Returns the table and where `maxarenas` may lie beside its slot (offsets, for `read_table` later)."""
     ranges = sorted(anon_ranges)
     starts = [r[0] for r in ranges]
 
@@ -169,7 +178,7 @@ def locate_table(segments: Iterable[tuple[int, bytes]], read: Callable[[int, int
             best, best_score = c, score
     assert best is not None
     p, slot, data, off = best
-    near = [m for m in _maxarenas_near(data, off)
+    near = [d for d, m in _maxarenas_near(data, off)
             if all(q[0] < p + m * ENTRY.size for q in cands if q[0] >= p and (q[0] - p) % ENTRY.size == 0)]
     table = read_table(slot, read, arena_size, in_anon, near)
     return (table, near) if table is not None else None

@@ -30,14 +30,11 @@ class HeapLimit:
 
 def _flag_value(args: Sequence[str], names: tuple[str, ...]) -> float | None:
     value: float | None = None
-    for i, a in enumerate(args):
+    for a in args:
         for n in names:
-            raw: str | None = None
+            # only --flag=value: node refuses "--max-old-space-size 512" ("illegal value")
             if a.startswith(n + "="):
                 raw = a[len(n) + 1:]
-            elif a == n and i + 1 < len(args):
-                raw = args[i + 1]
-            if raw is not None:
                 try:
                     v = float(raw)
                 except ValueError:
