@@ -13,6 +13,7 @@ import threading
 import time
 
 keep = []
+malloced = [0]
 
 
 def objects(mib):
@@ -39,6 +40,7 @@ def cmalloc(mib):
     p = libc.malloc(n)
     libc.memset(p, 1, n)
     keep.append(p)
+    malloced[0] += n
 
 
 def arena_stats():
@@ -63,7 +65,8 @@ def arena_stats():
 
 def stats():
     d = arena_stats()
-    d.update({"pid": os.getpid(), "version": "{}.{}.{}".format(*sys.version_info[:3])})
+    d.update({"pid": os.getpid(), "version": "{}.{}.{}".format(*sys.version_info[:3]),
+              "malloced": malloced[0]})
     return d
 
 
