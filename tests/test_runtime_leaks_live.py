@@ -1,5 +1,5 @@
-"""`nativewatch explain` on leaking Node and Python processes (issue 15): a JavaScript or Python object
-leak is a heap leak, a Buffer or ctypes malloc leak is off-heap native.
+"""`nativewatch explain` and `soak` on leaking Node and Python processes (issue 15): a JavaScript or
+Python object leak is a heap leak, a Buffer or ctypes malloc leak is off-heap native.
 
 Eight interpreters leak at the same time while eight `explain --duration 30s --json --no-capture` watch
 them: Node 20 and Debian's Node 18 each leaking objects (2 MiB/s) and Buffers (10 MiB/s), Debian's
@@ -11,6 +11,9 @@ process.memoryUsage(), pymalloc's arena bytes from sys._debugmallocstats(), and 
 bytes the program malloc'd and filled. Tolerance 25%: nativewatch counts resident pages and the runtimes
 count committed ones (V8 commits a 256 KiB page before it fills it, pymalloc a 1 MiB arena before its
 pools are touched), and over 30 s a leak of a few MiB/s moves by whole pages and arenas.
+
+Four `soak --pid` runs (one object and one off-heap leak per runtime) share the window, limit 256 KiB/s
+on heap and native: each fails on the leaking category, and the off-heap leaks leave heap within it.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def _pick() -> dict[str, tuple[Interp, Path, str, str, str, str]]:
 
 
 SCENARIOS = _pick()
+SOAKED = ("node20-objects", "node20-buffers", "debian-3.11-objects", "debian-3.11-malloc")
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +78,12 @@ def explained():
                                         "--interval", "1s", "--json", "--no-capture", "--agent", "none"],
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for name, p in procs.items()}
+        # soak beside explain on one interpreter of each runtime: its floors judge heap and native apart
+        soak_runs = {name: subprocess.Popen([str(exe), "soak", "--pid", str(procs[name].pid), "--duration",
+                                             f"{WINDOW_S}s", "--interval", "2s", "--max-growth", "256KiB/s",
+                                             "-c", "heap", "-c", "native", "--json", "-q"],
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for name in SOAKED}
         deadline = time.monotonic() + WINDOW_S + 120
         while any(r.poll() is None for r in runs.values()) and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -84,7 +94,12 @@ def explained():
             out, err = r.communicate(timeout=max(1.0, deadline - time.monotonic()))
             assert r.returncode == 0, (name, err)
             docs[name] = json.loads(out)
-        yield docs, truth
+        soaks = {}
+        for name, r in soak_runs.items():
+            out, err = r.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            assert r.returncode in (0, 1), (name, err)
+            soaks[name] = json.loads(out)
+        yield docs, truth, soaks
     finally:
         for p in procs.values():
             p.close()
@@ -116,3 +131,15 @@ def test_the_leak_is_named_by_its_runtime(explained, name):
         assert ("heapsnapshot" in steps) if runtime == "node" else ("tracemalloc" in steps), steps
     if runtime == "node":
         assert doc["managed_heap_limit_bytes"] and doc["managed_heap_limit_bytes"] >= 256 * MIB, doc
+
+
+@pytest.mark.parametrize("name", SOAKED)
+def test_soak_fails_on_the_leaking_category(explained, name):
+    verdict, category = SCENARIOS[name][4], SCENARIOS[name][5]
+    rep = explained[2][name]
+    cats = rep["categories"]
+    print(f"{name}: soak {rep['verdict']} {rep['failures']}")
+    assert rep["runtime"] == ("node" if name.startswith("node") else "python"), rep
+    assert rep["verdict"] == "fail" and cats[category]["exceeded"], rep
+    if verdict == "off-heap":
+        assert not cats["heap"]["exceeded"], cats["heap"]

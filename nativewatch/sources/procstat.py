@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from nativewatch.errors import NativewatchError
 from nativewatch.sources import procfs
 
-__all__ = ["ProcStat", "parse_stat", "read_stat", "read_start_time", "parse_stat_starttime", "PF_KTHREAD"]
+__all__ = ["ProcStat", "parse_stat", "read_stat", "read_start_time", "parse_stat_starttime", "process_age_s",
+           "PF_KTHREAD"]
 
 PF_KTHREAD = 0x00200000
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -80,3 +81,16 @@ def read_start_time(pid: int, proc_root: str = "/proc") -> int | None:
     except (NativewatchError, OSError):
         return None
     return st.starttime if st is not None else None
+
+
+def process_age_s(pid: int, proc_root: str = "/proc") -> float | None:
+    """Seconds since pid started (its start time against the proc root's uptime), None when unknown."""
+    start = read_start_time(pid, proc_root)
+    try:
+        with open(f"{proc_root}/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if start is None:
+        return None
+    return max(0.0, uptime - start / os.sysconf("SC_CLK_TCK"))
