@@ -353,3 +353,44 @@ def test_drill_down_says_when_the_process_exits(procs):
             await pilot.press("q")
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("kind", ["node", "python"])
+def test_drill_down_of_node_and_python_shows_their_heap(kind):
+    from conftest import PROGRAMS
+    from interpreters import node_interpreters, python_interpreters
+    from lineproc import LineProc
+
+    interp = next((i for i in (node_interpreters() if kind == "node" else python_interpreters())
+                   if i.name in ("node20", "debian-3.11")), None)
+    if interp is None:
+        pytest.fail(f"{kind}: the machine's interpreter is missing")
+    marker = f"m{uuid.uuid4().hex[:10]}"
+    prog = PROGRAMS / ("node_heap.js" if kind == "node" else "py_heap.py")
+    title = "V8 heap pages" if kind == "node" else "pymalloc"
+
+    with LineProc([*interp.argv, str(prog), marker], env=interp.env) as p:
+        p.ask("objects 64")
+
+        async def run() -> None:
+            app = make_app()
+            async with app.run_test(size=SIZE) as pilot:
+                await type_search(pilot, marker)
+                await wait_for(pilot, lambda: [r[0] for r in table_rows(app)] == [str(p.pid)], what="search")
+                assert kind in table_rows(app)[0], table_rows(app)
+                await pilot.press("enter")
+                await wait_for(pilot, lambda: any(title in ln for ln in screen_lines(app)), what=title)
+                drill = app.screen
+                assert isinstance(drill, DrillScreen) and drill.last is not None
+                assert drill.last.runtime == kind
+                cats = {}
+                for ln in screen_lines(app):
+                    cells = [c.strip() for c in ln.split("│")]
+                    # the V8 table has a "code" row too, in human units: the category table's are exact bytes
+                    if len(cells) > 2 and cells[0] in CATEGORIES and re.fullmatch(r"[\d,]+", cells[1]):
+                        cats[cells[0]] = int(cells[1].replace(",", ""))
+                assert cats == {c: drill.last.categories[c] for c in CATEGORIES}
+                assert sum(cats.values()) == drill.last.rss_bytes and cats["heap"] >= 60 * MIB, cats
+                await pilot.press("q")
+
+        asyncio.run(run())
