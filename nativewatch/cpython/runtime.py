@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from nativewatch.attribute import Attribution, is_private_anon
@@ -27,6 +27,8 @@ from nativewatch.runtimes.base import (
     RefineContext,
     Refinement,
     Runtime,
+    detail_figure,
+    detail_section,
 )
 from nativewatch.runtimes.claim import claim_ranges
 from nativewatch.sources.pagemap import Pagemap
@@ -120,21 +122,11 @@ def _find_table(pid: int, proc_root: str, mappings: Sequence[Mapping], binary: P
     return table
 
 
-def _py(details: dict[str, Any]) -> dict[str, Any]:
-    p = details.get("python")
-    return p if isinstance(p, dict) else {}
-
-
-def _arena_bytes(details: dict[str, Any]) -> Iterator[tuple[str, float]]:
-    v = _py(details).get("arena_bytes")
-    if isinstance(v, int) and not isinstance(v, bool):
-        yield "", float(v)
-
-
 class PythonRuntime(Runtime):
     name = "python"
     gauges = (DetailGauge("nativewatch_python_pymalloc_arena_bytes",
-                          "Bytes of pymalloc arenas CPython has mapped (arenas x arena size)", "", _arena_bytes),)
+                          "Bytes of pymalloc arenas CPython has mapped (arenas x arena size)", "",
+                          detail_figure("python", "arena_bytes")),)
 
     def detect(self, info: ProcessInfo) -> bool:
         return find_python(info.pid, info.proc_root, info.mappings) is not None
@@ -192,7 +184,7 @@ class PythonRuntime(Runtime):
         return "pymalloc arenas not located: Python objects are shown as native"
 
     def details_table(self, details: dict[str, Any]) -> DetailTable | None:
-        p = _py(details)
+        p = detail_section(details, "python")
         if not isinstance(p.get("arenas"), int):
             return None
         return DetailTable(f"CPython {p.get('version') or ''} pymalloc", ("", "MAPPED", "RESIDENT"),

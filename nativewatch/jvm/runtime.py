@@ -7,7 +7,7 @@ instead of losing detection.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from nativewatch.attribute import Attribution
@@ -19,6 +19,7 @@ from nativewatch.runtimes.base import (
     RefineContext,
     Refinement,
     Runtime,
+    detail_figure,
 )
 
 __all__ = ["JVM", "JvmRuntime"]
@@ -40,15 +41,6 @@ def _nmt_committed(details: dict[str, Any]) -> Iterator[tuple[str, float]]:
             yield str(name), float(c["committed_bytes"])
 
 
-def _gc_figure(key: str) -> Callable[[dict[str, Any]], Iterator[tuple[str, float]]]:
-    def values(details: dict[str, Any]) -> Iterator[tuple[str, float]]:
-        gc = details.get("gc")
-        v = gc.get(key) if isinstance(gc, dict) else None
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            yield "", float(v)
-    return values
-
-
 class JvmRuntime(Runtime):
     name = "jvm"
     needs_attach = True  # NMT is asked over the attach socket; without it only hsperfdata is read
@@ -57,12 +49,12 @@ class JvmRuntime(Runtime):
                           _nmt_committed),
               DetailGauge("nativewatch_jvm_heap_post_gc_bytes",
                           "JVM heap used outside eden: what the last collection left (the post-GC floor)", "",
-                          _gc_figure("heap_post_gc_bytes")),
+                          detail_figure("gc", "heap_post_gc_bytes")),
               DetailGauge("nativewatch_jvm_heap_max_bytes", "JVM maximum heap (-Xmx)", "",
-                          _gc_figure("heap_max_bytes")),
+                          detail_figure("gc", "heap_max_bytes")),
               DetailGauge("nativewatch_jvm_gc_pause_seconds",
                           "Time in young and full collection pauses since the JVM started (rate() is the GC "
-                          "time ratio)", "", _gc_figure("pause_seconds"), counter=True))
+                          "time ratio)", "", detail_figure("gc", "pause_seconds"), counter=True))
 
     def detect(self, info: ProcessInfo) -> bool:
         return any(m.path.endswith("/libjvm.so") for m in info.mappings if m.inode)

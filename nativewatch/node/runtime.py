@@ -24,6 +24,8 @@ from nativewatch.runtimes.base import (
     RefineContext,
     Refinement,
     Runtime,
+    detail_figure,
+    detail_section,
 )
 from nativewatch.runtimes.claim import claim_ranges
 from nativewatch.sources.pagemap import Pagemap
@@ -56,23 +58,12 @@ def _mem_total(proc_root: str) -> int:
     return 0
 
 
-def _node(details: dict[str, Any]) -> dict[str, Any]:
-    n = details.get("node")
-    return n if isinstance(n, dict) else {}
-
-
 def _spaces(details: dict[str, Any]) -> Iterator[tuple[str, float]]:
-    spaces = _node(details).get("spaces")
+    spaces = detail_section(details, "node").get("spaces")
     if isinstance(spaces, dict):
         for name, v in spaces.items():
             if isinstance(v, dict) and isinstance(v.get("committed_bytes"), int):
                 yield str(name), float(v["committed_bytes"])
-
-
-def _limit(details: dict[str, Any]) -> Iterator[tuple[str, float]]:
-    v = _node(details).get("heap_limit_bytes")
-    if isinstance(v, int) and not isinstance(v, bool):
-        yield "", float(v)
 
 
 class NodeRuntime(Runtime):
@@ -82,7 +73,7 @@ class NodeRuntime(Runtime):
                           _spaces),
               DetailGauge("nativewatch_node_heap_limit_bytes",
                           "V8's heap limit (--max-old-space-size plus the young generation, or V8's default)",
-                          "", _limit))
+                          "", detail_figure("node", "heap_limit_bytes")))
 
     def detect(self, info: ProcessInfo) -> bool:
         return find_node(info.pid, info.proc_root, info.mappings) is not None
@@ -141,7 +132,7 @@ class NodeRuntime(Runtime):
                 "as native")
 
     def details_table(self, details: dict[str, Any]) -> DetailTable | None:
-        spaces = _node(details).get("spaces")
+        spaces = detail_section(details, "node").get("spaces")
         if not isinstance(spaces, dict):
             return None
         rows = tuple((str(name), (int(v.get("committed_bytes") or 0), int(v.get("resident_bytes") or 0)))
@@ -149,7 +140,7 @@ class NodeRuntime(Runtime):
         return DetailTable("V8 heap pages", ("V8 SPACE", "MAPPED", "RESIDENT"), rows)
 
     def heap_limit(self, details: dict[str, Any]) -> int | None:
-        v = _node(details).get("heap_limit_bytes")
+        v = detail_section(details, "node").get("heap_limit_bytes")
         return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
 
 

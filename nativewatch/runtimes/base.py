@@ -10,7 +10,7 @@ a new runtime needs no presenter change.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,8 @@ from nativewatch.attribute import Attribution, ManagedHeap
 from nativewatch.model import Breakdown
 from nativewatch.sources.procfs import Mapping
 
-__all__ = ["ProcessInfo", "RefineContext", "Refinement", "DetailGauge", "DetailTable", "Runtime"]
+__all__ = ["ProcessInfo", "RefineContext", "Refinement", "DetailGauge", "DetailTable", "Runtime", "detail_section",
+           "detail_figure"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,22 @@ class DetailGauge:
     label: str  # the label beside the process labels, e.g. "nmt_category"; "" for one series a process
     values: Callable[[dict[str, Any]], Iterable[tuple[str, float]]]
     counter: bool = False  # a monotonic total (rendered as a counter, `_total`) instead of a gauge
+
+
+def detail_section(details: dict[str, Any], section: str) -> dict[str, Any]:
+    """details[section] when it is a dict: details may come back from JSON (evidence, store), so shapes
+    are checked rather than trusted."""
+    v = details.get(section)
+    return v if isinstance(v, dict) else {}
+
+
+def detail_figure(section: str, key: str) -> Callable[[dict[str, Any]], Iterator[tuple[str, float]]]:
+    """DetailGauge values of one number, details[section][key], when it is one."""
+    def values(details: dict[str, Any]) -> Iterator[tuple[str, float]]:
+        v = detail_section(details, section).get(key)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            yield "", float(v)
+    return values
 
 
 @dataclass(frozen=True, slots=True)
