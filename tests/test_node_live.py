@@ -14,7 +14,14 @@ and by what the heap does between the two reads. With ~190 MiB of objects that s
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shlex
+import signal
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 from conftest import PROGRAMS
@@ -26,10 +33,15 @@ NODE_IDS = [n.name for n in NODES]
 MIB = 1 << 20
 
 
-def _require_both() -> None:
+# the V8 page layout each build must be read with (v8heap's docstring)
+LAYOUT = {"node18-debian": "size-first", "node20": "size-first", "node22": "metadata-on-page",
+          "node24": "metadata-off-page"}
+
+
+def _require_all() -> None:
     names = {n.name for n in NODES}
-    if names != {"node20", "node18-debian"}:
-        pytest.fail(f"need Node 20 and Debian's Node 18 (scripts/setup-test-node.sh); found {sorted(names)}")
+    if names != set(LAYOUT):
+        pytest.fail(f"need Node 18 (Debian), 20, 22 and 24 (scripts/setup-test-node.sh); found {sorted(names)}")
 
 
 def _snapshot(nativewatch_cli, pid: int) -> dict:
@@ -38,8 +50,8 @@ def _snapshot(nativewatch_cli, pid: int) -> dict:
     return json.loads(r.stdout)
 
 
-def test_both_node_builds_are_here() -> None:
-    _require_both()
+def test_every_node_build_is_here() -> None:
+    _require_all()
 
 
 @pytest.mark.parametrize("node", NODES, ids=NODE_IDS)
@@ -61,6 +73,7 @@ def test_v8_heap_matches_heap_total_and_buffer_stays_native(node: Interp, native
     assert cats["code"] > 0, cats
     details = snap["node"]
     assert details["version"] == before["version"]
+    assert details["page_layout"] == LAYOUT[node.name]
     assert details["isolates"] == 1
     assert details["heap_limit_bytes"] == before["heap_size_limit"]
     resident = sum(s["resident_bytes"] for s in details["spaces"].values())
@@ -70,8 +83,8 @@ def test_v8_heap_matches_heap_total_and_buffer_stays_native(node: Interp, native
 @pytest.mark.parametrize("flags", [("--max-old-space-size=300",), ("--max_old_space_size=1536",),
                                    ("--max-semi-space-size=8", "--max-old-space-size=700")],
                          ids=["dashes", "underscores", "semi"])
-def test_heap_limit_is_v8s_own(flags: tuple[str, ...], nativewatch_cli) -> None:
-    node = NODES[0]
+@pytest.mark.parametrize("node", NODES, ids=NODE_IDS)
+def test_heap_limit_is_v8s_own(node: Interp, flags: tuple[str, ...], nativewatch_cli) -> None:
     with LineProc([*node.argv, *flags, str(PROGRAMS / "node_heap.js")], env=node.env) as p:
         own = p.ask("stats")["heap_size_limit"]
         snap = _snapshot(nativewatch_cli, p.pid)
@@ -79,13 +92,60 @@ def test_heap_limit_is_v8s_own(flags: tuple[str, ...], nativewatch_cli) -> None:
     assert snap["node"]["heap_limit_source"] == "flag"
 
 
-def test_node_options_environment_sets_the_limit(nativewatch_cli) -> None:
-    node = NODES[0]
+@pytest.mark.parametrize("node", NODES, ids=NODE_IDS)
+def test_node_options_environment_sets_the_limit(node: Interp, nativewatch_cli) -> None:
     with LineProc([*node.argv, str(PROGRAMS / "node_heap.js")],
                   env={**node.env, "NODE_OPTIONS": "--max-old-space-size=400"}) as p:
         own = p.ask("stats")["heap_size_limit"]
         snap = _snapshot(nativewatch_cli, p.pid)
-    assert snap["node"]["heap_limit_bytes"] == own == (400 + 48) * MIB
+    assert snap["node"]["heap_limit_bytes"] == own
+    assert 400 * MIB < own <= (400 + 192) * MIB
+
+
+@pytest.fixture
+def memory_cgroup():
+    """A v1 memory cgroup of this test's own (the machine's hierarchy is v1), removed afterwards."""
+    root = Path("/sys/fs/cgroup/memory")
+    if os.geteuid() != 0 or not (root / "memory.limit_in_bytes").exists():
+        pytest.skip("needs root and the cgroup v1 memory controller")
+    path = root / f"nw-node-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    yield path
+    for pid in (path / "cgroup.procs").read_text().split():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+    for _ in range(50):
+        try:
+            path.rmdir()
+            break
+        except OSError:
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("where", ["cgroup", "container", "soft-limit"])
+@pytest.mark.parametrize("node", NODES, ids=NODE_IDS)
+def test_heap_limit_follows_the_memory_node_sizes_v8_for(node: Interp, where: str, memory_cgroup,
+                                                          nativewatch_cli) -> None:
+    """Inside a 1.5 GiB memory cgroup V8 is sized for the cgroup, not the 24 GiB machine: by Node 20+
+    from the process's own cgroup; by Debian's Node 18 (libuv 1.44) only from the cgroup mount it sees
+    itself, as in a container ("container": its own mount namespace with the cgroup mounted where
+    libuv looks). A soft limit counts for the newer libuv. The process's own heap_size_limit is the
+    truth in every case, whichever rule its libuv follows."""
+    (memory_cgroup / ("memory.soft_limit_in_bytes" if where == "soft-limit" else "memory.limit_in_bytes")) \
+        .write_text(str(1536 * MIB))
+    inner = f"echo $$ > {memory_cgroup}/cgroup.procs && "
+    if where == "container":
+        inner += f"mount --make-rprivate / && mount --bind {memory_cgroup} /sys/fs/cgroup/memory && "
+    inner += "exec " + " ".join(shlex.quote(a) for a in (*node.argv, str(PROGRAMS / "node_heap.js")))
+    argv = ["unshare", "-m", "sh", "-c", inner] if where == "container" else ["sh", "-c", inner]
+    with LineProc(argv, env=node.env) as p:
+        own = p.ask("stats")["heap_size_limit"]
+        snap = _snapshot(nativewatch_cli, p.pid)
+    print(f"{node.name} {where}: V8 {own / MIB:.0f} MiB, nativewatch {snap['node']['heap_limit_bytes'] / MIB:.0f} "
+          f"MiB (sized for {snap['node']['sized_for']})")
+    assert snap["node"]["heap_limit_bytes"] == own
+    if node.name != "node18-debian" or where == "container":
+        assert own < 2 * 1024 * MIB and snap["node"]["sized_for"] == "cgroup"
 
 
 @pytest.mark.parametrize("node", NODES, ids=NODE_IDS)

@@ -56,9 +56,25 @@ class Memory:
 
 def _header(addr: int, size: int, *, flags: int = 0, heap: int = 0x5555_0000_1000, area: int = 0x140,
             back: int = 10) -> bytes:
+    """V8 10-11 ("size-first")."""
     words = [0] * 16
     words[:5] = [size, flags, heap, addr + area, addr + size]
     words[back] = addr  # the reservation's first word: the chunk itself
+    return struct.pack("<16Q", *words)
+
+
+def _header_12(addr: int, size: int, *, flags: int = 0x4, heap: int = 0x5555_0000_1000, area: int = 0x1140) -> bytes:
+    """V8 12.4 ("metadata-on-page"), as read from Node 22.20."""
+    words = [0] * 16
+    words[:6] = [flags, addr, size, heap, addr + area, addr + size]
+    words[11] = addr
+    return struct.pack("<16Q", *words)
+
+
+def _meta_13(addr: int, size: int, *, heap: int = 0x5555_0000_1000, area: int = 0x10) -> bytes:
+    """V8 12.9+ ("metadata-off-page") metadata, as read from Node 23.11, 24.19 and 25.9."""
+    words = [0] * 16
+    words[:11] = [0x6b2_0ab0, addr, size, size - area, 0, size, size, addr + size, heap, addr + area, 0x2fbc_7190]
     return struct.pack("<16Q", *words)
 
 
@@ -83,6 +99,30 @@ def test_a_v8_header_is_taken_only_when_every_field_agrees() -> None:
     }
     for why, (addr, raw) in bad.items():
         assert parse_chunk(addr, raw) is None, why
+
+
+def test_the_later_v8_layouts_are_read_and_each_rule_still_refuses() -> None:
+    a = BASE
+    c = parse_chunk(a, _header_12(a, CHUNK_ALIGN, flags=0x800a))
+    assert c is not None and (c.layout, c.flags, c.area_start, c.size) == ("metadata-on-page", 0x800a, a + 0x1140,
+                                                                          CHUNK_ALIGN)
+    assert parse_chunk(a, _header_12(a, CHUNK_ALIGN, heap=0)) is None
+    no_back = bytearray(_header_12(a, CHUNK_ALIGN))
+    struct.pack_into("<Q", no_back, 88, 0)
+    assert parse_chunk(a, bytes(no_back)) is None
+    # 12.9+: the page holds flags and a pointer to malloc'd metadata that names the page
+    meta_at = 0x5555_0100_0000
+    malloc = _map(meta_at, meta_at + 4096)
+    mem = Memory([malloc])
+    mem.write(meta_at, _meta_13(a, 3 * CHUNK_ALIGN))
+    page = struct.pack("<16Q", 0x12, meta_at, *([0x342b_457c_0129] * 14))
+    c = parse_chunk(a, page, mem.read)
+    assert c is not None and (c.layout, c.size, c.area_start, c.flags) == ("metadata-off-page", 3 * CHUNK_ALIGN,
+                                                                          a + 0x10, 0x12)
+    assert parse_chunk(a, page) is None  # without a reader the metadata cannot be followed
+    mem.write(meta_at, _meta_13(a + CHUNK_ALIGN, CHUNK_ALIGN))  # metadata of another page
+    assert parse_chunk(a, page, mem.read) is None
+    assert parse_chunk(a, struct.pack("<16Q", 1 << 40, meta_at, *([0] * 14)), mem.read) is None  # not a flag word
 
 
 def test_find_chunks_walks_pages_skips_large_bodies_and_tells_code() -> None:
@@ -146,10 +186,30 @@ def test_node_flags_come_from_node_options_then_argv_before_the_script() -> None
     assert heap_limit(flags, 8 * GIB).bytes == 700 * MIB + 3 * 16 * MIB  # the last one wins, as in V8
 
 
+# heap_size_limit (MiB) of real Node 20/22 and 24 on this 24 GiB machine inside v1 memory cgroups of
+# the given size (MiB), measured 2026-12-03 with v8.getHeapStatistics(); flags as given
+MEASURED = [
+    (256, (), 259, 259), (512, (), 259, 259), (1024, (), 524, 560), (1536, (), 792, 864),
+    (2048, (), 1048, 1120), (3072, (), 1584, 1728), (4096, (), 2096, 2240), (8192, (), 2096, 2240),
+    (12288, (), 2096, 2240), (16384, (), 4144, 4288), (24576, (), 4144, 4288),
+    (1024, ("--max-old-space-size=2048",), 2060, 2096), (1024, ("--max-old-space-size=300",), 312, 348),
+    (1024, ("--max-semi-space-size=2",), 518, 518), (3072, ("--max-old-space-size=2048",), 2096, 2240),
+    (3072, ("--max-old-space-size=300",), 348, 492), (3072, ("--max-semi-space-size=2",), 1542, 1542),
+    (24576, ("--max-old-space-size=64",), 112, 256),
+    (24576, ("--max-old-space-size=512", "--max-semi-space-size=8"), 536, 536),
+]
+
+
+def test_heap_limit_matches_what_real_node_reported() -> None:
+    for memory, flags, before_24, from_24 in MEASURED:
+        for major, want in ((20, before_24), (22, before_24), (24, from_24)):
+            assert heap_limit(list(flags), memory * MIB, major).bytes == want * MIB, (memory, flags, major)
+
+
 def test_heap_limit_defaults_and_spelling() -> None:
     assert heap_limit([], 8 * GIB).bytes == 2 * GIB + 48 * MIB
     assert heap_limit([], 32 * GIB).bytes == 4 * GIB + 48 * MIB
-    assert heap_limit([], 512 * MIB).bytes == 256 * MIB + 48 * MIB
+    assert heap_limit([], 512 * MIB).bytes == 256 * MIB + 3 * MIB  # a 1 MiB semispace at the smallest heap
     assert heap_limit([], 8 * GIB).source == "default"
     got = heap_limit(["--max_old_space_size=100", "--max-semi-space-size=32"], 8 * GIB)
     assert (got.bytes, got.source) == (100 * MIB + 96 * MIB, "flag")

@@ -58,9 +58,11 @@ class Sampler(Protocol):
 class ProcfsSampler:
     """The real sources: procfs and `take_snapshot`, under one proc root."""
 
-    def __init__(self, proc_root: str = "/proc", jvm_timeout_s: float = 2.0) -> None:
+    def __init__(self, proc_root: str = "/proc", jvm_timeout_s: float = 2.0,
+                 cgroup_root: str = "/sys/fs/cgroup") -> None:
         self.proc_root = proc_root
         self.jvm_timeout_s = jvm_timeout_s
+        self.cgroup_root = cgroup_root
 
     def list_pids(self) -> list[int]:
         return procfs.list_pids(self.proc_root)
@@ -71,7 +73,8 @@ class ProcfsSampler:
     def full(self, pid: int, *, jvm: bool) -> Breakdown:
         from nativewatch.snapshot import take_snapshot
 
-        return take_snapshot(pid, proc_root=self.proc_root, jvm=jvm, jvm_timeout_s=self.jvm_timeout_s)
+        return take_snapshot(pid, proc_root=self.proc_root, jvm=jvm, jvm_timeout_s=self.jvm_timeout_s,
+                             cgroup_root=self.cgroup_root)
 
     def memory_cgroup(self, pid: int) -> str | None:
         return read_proc_cgroup(pid, self.proc_root).memory_path
@@ -116,7 +119,7 @@ class Agent:
     def __init__(self, cfg: AgentConfig, *, sampler: Sampler | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
-        self.sampler = sampler or ProcfsSampler(cfg.proc_root)
+        self.sampler = sampler or ProcfsSampler(cfg.proc_root, cgroup_root=cfg.cgroup_root)
         self.clock = clock
         self.procs: dict[int, _Proc] = {}
         self.dead: dict[tuple[int, int], _Proc] = {}

@@ -1,11 +1,18 @@
-"""V8's heap limit for a Node process, from its flags (command line and NODE_OPTIONS) or V8's default.
+"""V8's heap limit for a Node process, from its flags (command line and NODE_OPTIONS) and the memory
+Node sizes V8 for.
 
-V8's heap_size_limit is the old-generation limit plus the young generation (3 semispaces: two for
-the scavenger, one for the new large-object space). Measured against `v8.getHeapStatistics()` of
-Node 18 and 20 on x64: `--max-old-space-size=N` gives N MiB + 3 x 16 MiB, `--max-semi-space-size=S`
-replaces the 16 MiB. Without a flag, V8 sizes the old generation from physical memory: a quarter of
-it times two (pointer size / 4), at most 2 GiB, or 4 GiB on machines with 16 GiB or more (Node 18
-and 20 look at the machine, not at a cgroup limit: a container's limit does not lower it).
+Measured against `v8.getHeapStatistics().heap_size_limit` of Node 18, 20, 22, 23, 24 and 25 on x64,
+on the whole 24 GiB machine and inside memory cgroups of 256 MiB to 20 GiB:
+
+- The memory is the machine's, or the process's cgroup limit when that is lower (Node asks libuv for
+  the constrained memory and takes the smaller).
+- The old generation defaults to half of it, at least 256 MiB, at most 2 GiB, or 4 GiB when the memory
+  is 16 GiB or more; `--max-old-space-size=N` replaces it with N MiB.
+- The young generation is three semispaces (two for the scavenger, one for new large objects). A
+  semispace defaults to 1 MiB while the *default* old generation is at most 256 MiB, else to that old
+  generation / R rounded up to a power of two, at most S: R = 128 and S = 16 MiB before Node 24 (V8 13),
+  R = 32 and S = 64 MiB from it. It follows the memory even when the old generation comes from the
+  flag; `--max-semi-space-size=M` replaces it with M MiB.
 """
 
 from __future__ import annotations
@@ -13,11 +20,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["HeapLimit", "heap_limit", "node_flags"]
+__all__ = ["HeapLimit", "default_old_generation", "default_semi_space", "heap_limit", "node_flags"]
 
 MIB = 1 << 20
 GIB = 1 << 30
-DEFAULT_SEMI_SPACE = 16 * MIB
 _OLD_FLAGS = ("--max-old-space-size", "--max_old_space_size")
 _SEMI_FLAGS = ("--max-semi-space-size", "--max_semi_space_size")
 
@@ -57,12 +63,31 @@ def node_flags(cmdline: Sequence[str], environ: bytes) -> list[str]:
     return flags
 
 
-def heap_limit(flags: Sequence[str], physical_memory: int) -> HeapLimit:
+def _pow2_at_least(v: int) -> int:
+    p = 1
+    while p < v:
+        p <<= 1
+    return p
+
+
+def default_old_generation(memory: int) -> int:
+    cap = 4 * GIB if memory >= 16 * GIB else 2 * GIB
+    return max(256 * MIB, min(memory // 2, cap))
+
+
+def default_semi_space(memory: int, node_major: int | None) -> int:
+    old = default_old_generation(memory)
+    if old <= 256 * MIB:
+        return MIB
+    ratio, most = (32, 64 * MIB) if node_major is not None and node_major >= 24 else (128, 16 * MIB)
+    return min(_pow2_at_least(-(-old // ratio)), most)
+
+
+def heap_limit(flags: Sequence[str], memory: int, node_major: int | None = None) -> HeapLimit:
+    """`memory`: what Node sizes V8 for (the machine's, or the cgroup limit when lower)."""
     semi = _flag_value(flags, _SEMI_FLAGS)
-    young = 3 * (int(semi * MIB) if semi else DEFAULT_SEMI_SPACE)
+    young = 3 * (int(semi * MIB) if semi else default_semi_space(memory, node_major))
     old = _flag_value(flags, _OLD_FLAGS)
     if old is not None:
         return HeapLimit(int(old * MIB) + young, "flag")
-    cap = 4 * GIB if physical_memory >= 16 * GIB else 2 * GIB
-    old_default = max(256 * MIB, min(physical_memory // 4 * 2, cap))
-    return HeapLimit(old_default + young, "default")
+    return HeapLimit(default_old_generation(memory) + young, "default")

@@ -28,6 +28,7 @@ from nativewatch.runtimes.base import (
     detail_section,
 )
 from nativewatch.runtimes.claim import claim_ranges
+from nativewatch.sources.cgroup_memory import constrained_memory, parse_limit
 from nativewatch.sources.pagemap import Pagemap
 from nativewatch.sources.procmem import ProcMem
 from nativewatch.sources.procstat import process_age_s
@@ -39,6 +40,7 @@ SOURCE = "v8-pages"
 # mapped its first page yet: said as such, not as an unknown V8
 _STARTING_S = 3.0
 _SPACES = ("old", "young", "large", "code")
+_LIBUV_1_45 = (20, 3, 0)  # the first Node whose libuv reads the process's own cgroup (v1 and v2)
 
 
 def _read_text(path: str) -> bytes:
@@ -47,6 +49,21 @@ def _read_text(path: str) -> bytes:
             return f.read(1 << 20)
     except OSError:
         return b""
+
+
+def _legacy_cgroup_limit(ctx: RefineContext) -> int | None:
+    """What libuv before 1.45 (Node 18; Debian's build links Debian's libuv 1.44) reports: the file
+    /sys/fs/cgroup/memory/memory.limit_in_bytes as the process sees it, in its own mount namespace (a
+    container's cgroup mount; on a host, the root cgroup), read without following links out of its
+    root. Nothing on cgroup v2."""
+    from nativewatch.malloc_profile.symbolize import open_in_root  # only for these old Nodes
+
+    try:
+        raw = open_in_root(f"{ctx.proc_root}/{ctx.pid}/root", "sys/fs/cgroup/memory/memory.limit_in_bytes", 64)
+    except OSError:
+        return None
+    v, _ = parse_limit(raw.decode("ascii", "replace"), 1)
+    return v or None
 
 
 def _mem_total(proc_root: str) -> int:
@@ -83,9 +100,17 @@ class NodeRuntime(Runtime):
         environ = _read_text(f"{ctx.proc_root}/{ctx.pid}/environ")
         cmdline = [a.decode("utf-8", "replace")
                    for a in _read_text(f"{ctx.proc_root}/{ctx.pid}/cmdline").split(b"\0") if a]
-        limit = heap_limit(node_flags(cmdline, environ), _mem_total(ctx.proc_root))
-        info: dict[str, Any] = {"version": binary.version if binary else None,
-                                "heap_limit_bytes": limit.bytes, "heap_limit_source": limit.source}
+        version = binary.version if binary else None
+        release = tuple(int(x) for x in version.split(".")) if version else None
+        major = release[0] if release else None
+        machine = _mem_total(ctx.proc_root)
+        cgroup = _legacy_cgroup_limit(ctx) if release is not None and release < _LIBUV_1_45 else \
+            constrained_memory(ctx.pid, cgroup_root=ctx.cgroup_root, proc_root=ctx.proc_root)
+        memory = min(machine, cgroup) if cgroup and machine else (cgroup or machine)
+        limit = heap_limit(node_flags(cmdline, environ), memory, major)
+        info: dict[str, Any] = {"version": version, "heap_limit_bytes": limit.bytes,
+                                "heap_limit_source": limit.source, "sized_for_bytes": memory,
+                                "sized_for": "cgroup" if cgroup and memory == cgroup else "machine"}
         with ProcMem(ctx.pid, ctx.proc_root) as mem:
             heap = find_chunks(ctx.mappings, mem.read)
             error = mem.error
@@ -120,6 +145,7 @@ class NodeRuntime(Runtime):
             committed[space_of(c, heap)] += c.size
         info.update({
             "isolates": heap.isolates, "pages": len(heap.chunks),
+            "page_layout": "+".join(sorted({c.layout for c in heap.chunks})),
             "spaces": {s: {"committed_bytes": committed[s], "resident_bytes": claimed.by_label.get(s, 0)}
                        for s in _SPACES},
         })

@@ -2,21 +2,27 @@
 
 V8 (x64, the way Node builds it: no pointer compression) maps every heap page ("chunk") on its own,
 aligned to 256 KiB: regular pages of exactly 256 KiB, large-object pages of any size. Each chunk
-starts with V8's own header (BasicMemoryChunk in V8 10-11, Node 18-20):
+starts with a header V8 keeps there; three layouts are known, each seen in the Node it names:
 
-    +0 size   +8 flags   +16 Heap*   +24 area_start   +32 area_end   ...   the VirtualMemory
-    reservation that owns the chunk, whose first word is the chunk's own address (+80 in both)
+    "size-first", V8 10-11 (Node 18-21): +0 size  +8 flags  +16 Heap*  +24 area_start  +32 area_end
+        ... the owning reservation's address (the chunk itself) among words 5-15
+    "metadata-on-page", V8 12.4 (Node 22): +0 flags  +8 the chunk's own address (its metadata is
+        still on the page)  +16 size  +24 Heap*  +32 area_start  +40 area_end ... the chunk again
+    "metadata-off-page", V8 12.9, 13.6, 14.1 (Node 23, 24, 25): +0 flags  +8 a pointer to the page's
+        metadata, malloc'd elsewhere: its +8 chunk address  +16 size  +56 area_end  +64 Heap*
+        +72 area_start
 
-A candidate is taken only when all of that holds together: a size of whole pages of at least
-256 KiB whose range is mapped, a header shorter than 64 KiB, a usable area inside the chunk, a
-non-null 8-aligned Heap* and the reservation's pointer back to the chunk among the header's words.
-One V8 isolate is one Heap*, so worker threads show as more heaps.
+A candidate is taken only when everything its layout says holds together: a size of whole pages of
+at least 256 KiB whose range is mapped, a header shorter than 64 KiB, a usable area inside the chunk,
+a non-null 8-aligned Heap* and the chunk's own address where the layout keeps it. One V8 isolate is
+one Heap*, so worker threads show as more heaps.
 
 Code pages are told from the data: a chunk whose usable area lies in an executable mapping (V8 maps
-code r-x or rwx, the header rw) holds JIT code. Young-generation pages (flags FROM_PAGE|TO_PAGE,
-bits 3-4 in V8 10-11) and large pages (any size but 256 KiB) are named for the details only.
+code r-x or rwx) holds JIT code. Young-generation pages (flags FROM_PAGE|TO_PAGE, bits 3-4 in every
+layout above) and large pages (any size but 256 KiB) are named for the details only.
 
-Pure: `parse_chunk` reads bytes, `find_chunks` takes a read function.
+Pure: `parse_chunk` reads bytes (V8 12.9+'s off-page metadata through the read function it is given),
+`find_chunks` takes a read function.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from dataclasses import dataclass
 from nativewatch.attribute import is_private_anon
 from nativewatch.sources.procfs import Mapping
 
-__all__ = ["CHUNK_ALIGN", "HEADER_READ", "V8Chunk", "V8Heap", "parse_chunk", "find_chunks", "space_of"]
+__all__ = ["CHUNK_ALIGN", "HEADER_READ", "LAYOUTS", "V8Chunk", "V8Heap", "parse_chunk", "find_chunks", "space_of"]
 
 CHUNK_ALIGN = 256 << 10
 HEADER_READ = 128  # bytes read at each candidate: the five fields and the reservation's words
@@ -37,6 +43,8 @@ _MAX_HEADER = 64 << 10
 _MAX_CHUNK = 1 << 40  # no single V8 chunk is a terabyte; beyond it the "size" is someone else's data
 _WORDS = struct.Struct("<16Q")
 _YOUNG_FLAGS = 0x18
+_MAX_FLAGS = 1 << 32  # the flag words seen use bits 0-25; a larger "flags" word is an object or a pointer
+LAYOUTS = ("size-first", "metadata-on-page", "metadata-off-page")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +55,7 @@ class V8Chunk:
     heap: int  # the owning isolate's Heap*
     area_start: int
     area_end: int
+    layout: str = "size-first"  # one of LAYOUTS
 
     @property
     def end(self) -> int:
@@ -65,21 +74,41 @@ class V8Heap:
         return len({c.heap for c in self.chunks})
 
 
-def parse_chunk(addr: int, raw: bytes) -> V8Chunk | None:
-    """The chunk whose header `raw` (HEADER_READ bytes read at `addr`) is, or None."""
-    if len(raw) < HEADER_READ or addr % CHUNK_ALIGN:
-        return None
-    w = _WORDS.unpack_from(raw)
-    size, flags, heap, area_start, area_end = w[:5]
+def _chunk(addr: int, size: int, flags: int, heap: int, area_start: int, area_end: int,
+           layout: str) -> V8Chunk | None:
     if not (CHUNK_ALIGN <= size < _MAX_CHUNK) or size % 4096:
         return None
     if heap == 0 or heap % 8 or heap >= 1 << 48:
         return None
     if not (addr < area_start <= addr + _MAX_HEADER and area_start < area_end <= addr + size):
         return None
-    if addr not in w[5:]:
+    return V8Chunk(addr, size, flags, heap, area_start, area_end, layout)
+
+
+def parse_chunk(addr: int, raw: bytes, read: Callable[[int, int], bytes | None] | None = None) -> V8Chunk | None:
+    """The chunk whose header `raw` (HEADER_READ bytes read at `addr`) is, or None. `read` lets V8 12.9+'s
+    layout follow the pointer to the page's metadata; without it only the on-page layouts are tried."""
+    if len(raw) < HEADER_READ or addr % CHUNK_ALIGN:
         return None
-    return V8Chunk(addr, size, flags, heap, area_start, area_end)
+    w = _WORDS.unpack_from(raw)
+    if addr in w[5:]:  # V8 10-11
+        c = _chunk(addr, w[0], w[1], w[2], w[3], w[4], "size-first")
+        if c is not None:
+            return c
+    if w[0] >= _MAX_FLAGS:
+        return None
+    if w[1] == addr:  # V8 12.4
+        return _chunk(addr, w[2], w[0], w[3], w[4], w[5], "metadata-on-page") if addr in w[6:] else None
+    meta = w[1]
+    if read is None or meta == 0 or meta % 8 or meta >= 1 << 48:
+        return None
+    m = read(meta, HEADER_READ)
+    if m is None or len(m) < HEADER_READ:
+        return None
+    mw = _WORDS.unpack_from(m)
+    if mw[1] != addr:  # V8 12.9+: the metadata names its chunk
+        return None
+    return _chunk(addr, mw[2], w[0], mw[8], mw[9], mw[7], "metadata-off-page")
 
 
 def _covered(ms: Sequence[Mapping], starts: list[int], lo: int, hi: int) -> bool:
@@ -115,7 +144,7 @@ def find_chunks(mappings: Sequence[Mapping], read: Callable[[int, int], bytes | 
                 break
             candidates += 1
             raw = read(a, HEADER_READ)
-            c = parse_chunk(a, raw) if raw is not None else None
+            c = parse_chunk(a, raw, read) if raw is not None else None
             if c is None or not _covered(ms, starts, c.start, c.end):
                 a += CHUNK_ALIGN
                 continue

@@ -41,6 +41,7 @@ class RefineContext:
     # False: passive reads only. The process must not be signalled or connected to (top's default scan).
     attach: bool
     timeout_s: float
+    cgroup_root: str = "/sys/fs/cgroup"  # where the process's cgroup is read (the agent: the host's)
 
 
 @dataclass(frozen=True, slots=True)

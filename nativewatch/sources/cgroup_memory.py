@@ -29,9 +29,9 @@ from nativewatch.sources.cgroup_identity import CgroupMembership, path_component
 
 __all__ = [
     "CgroupGone", "CgroupMemory", "CgroupVersionInfo", "KeyedValues", "MemoryCgroupLocation",
-    "V1_UNLIMITED_THRESHOLD", "cgroup_version_info", "locate_memory_cgroup", "memory_from_files",
-    "parse_keyed", "parse_limit", "parse_memory_events", "parse_memory_stat", "parse_oom_control",
-    "parse_single_value", "read_container_memory", "read_memory_dir",
+    "V1_UNLIMITED_THRESHOLD", "cgroup_version_info", "constrained_memory", "locate_memory_cgroup",
+    "memory_from_files", "parse_keyed", "parse_limit", "parse_memory_events", "parse_memory_stat",
+    "parse_oom_control", "parse_single_value", "read_container_memory", "read_memory_dir",
 ]
 
 # cgroup v1 writes "no limit" as PAGE_COUNTER_MAX pages in bytes: 9223372036854771712 with 4 KiB pages,
@@ -468,3 +468,27 @@ def read_container_memory(target: int | str | CgroupMembership | ContainerInfo, 
     if where.problems:
         return _with_problems(mem, list(where.problems))
     return mem
+
+
+def constrained_memory(pid: int, *, cgroup_root: str = "/sys/fs/cgroup", proc_root: str = "/proc") -> int | None:
+    """The lowest of the hard and soft limits of pid's own memory cgroup (v1 memory.limit_in_bytes and
+    memory.soft_limit_in_bytes, v2 memory.max and memory.high), None when unlimited or unknown: what
+    libuv >= 1.45 reports as the constrained memory (checked with Node on v1: a soft limit counts, a
+    parent's limit does not)."""
+    try:
+        membership = read_proc_cgroup(pid, proc_root)
+        where = locate_memory_cgroup(membership, cgroup_root)
+    except (NativewatchError, OSError):
+        return None
+    if where.path is None or where.version is None:
+        return None
+    names = ("memory.limit_in_bytes", "memory.soft_limit_in_bytes") if where.version == 1 else \
+        ("memory.max", "memory.high")
+    limits = []
+    for name in names:
+        text = _read_text(os.path.join(where.path, name))
+        if text is not None:
+            v, _ = parse_limit(text, where.version)
+            if v is not None and v > 0:
+                limits.append(v)
+    return min(limits) if limits else None
