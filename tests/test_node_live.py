@@ -1,7 +1,8 @@
 """Node.js on real interpreters (issue 15): V8's heap found from outside, Buffers left native.
 
-Node 20 (the machine's nodesource build: one 100 MB executable) and Debian's Node 18 (a small
-executable linking libnode.so.108) each hold ~190 MiB of JavaScript objects and a 64 MiB Buffer;
+Node 20 (the machine's nodesource build: one 100 MB executable), Debian's Node 18 (a small
+executable linking libnode.so.108) and the official Node 22 and 24 builds (the two later V8 page
+layouts) each hold ~190 MiB of JavaScript objects and a 64 MiB Buffer;
 the program reports V8's own figures (process.memoryUsage, v8.getHeapStatistics) just before and
 after `nativewatch snapshot`, and the breakdown is checked against them.
 
@@ -9,7 +10,10 @@ Tolerance for heap vs heapTotal, 15%: heapTotal is what V8 has *committed* for e
 counts *resident* pages. They differ by the committed but untouched part (mostly the young
 generation's semispaces, up to 3 x 16 MiB), by code space (its own category here, inside heapTotal)
 and by what the heap does between the two reads. With ~190 MiB of objects that stays well inside
-15% (measured: 1-6%).
+15% (measured: 0.5-1.2% for Node 18, 20 and 22). Node 24's V8 13 commits its young generation
+(semispaces of up to 64 MiB) long before it touches it, so there heapTotal overstates what is resident
+by up to that much (measured -9% to -18%): its heap must lie between heapTotal less the young
+generation's unused part and heapTotal.
 """
 
 from __future__ import annotations
@@ -68,7 +72,14 @@ def test_v8_heap_matches_heap_total_and_buffer_stays_native(node: Interp, native
     assert not [x for x in snap["problems"] if "V8" in x], snap["problems"]
     assert sum(cats.values()) == snap["rss_bytes"]
     heap_total = (before["heapTotal"] + after["heapTotal"]) / 2
-    assert abs(cats["heap"] - heap_total) <= 0.15 * heap_total, (cats["heap"], before, after)
+    if node.name == "node24":
+        # V8 13 commits semispaces of up to 64 MiB that it touches only as it allocates into them: its
+        # heapTotal counts them whole, RSS as far as they are used. Resident V8 memory lies between
+        # heapTotal without the young generation's unused part and heapTotal.
+        unused = max(b["newSpaceSize"] - b["newSpaceUsed"] for b in (before, after))
+        assert 0.85 * (heap_total - unused) <= cats["heap"] <= 1.15 * heap_total, (cats["heap"], before, after)
+    else:
+        assert abs(cats["heap"] - heap_total) <= 0.15 * heap_total, (cats["heap"], before, after)
     assert cats["native"] >= 64 * MIB, cats
     assert cats["code"] > 0, cats
     details = snap["node"]

@@ -22,9 +22,11 @@ function buffer(mib) {
 
 function stats() {
   const m = process.memoryUsage();
+  const young = v8.getHeapSpaceStatistics().find((s) => s.space_name === 'new_space') || {};
   return {pid: process.pid, version: process.versions.node, heapTotal: m.heapTotal, heapUsed: m.heapUsed,
           external: m.external, arrayBuffers: m.arrayBuffers, rss: m.rss,
-          heap_size_limit: v8.getHeapStatistics().heap_size_limit};
+          heap_size_limit: v8.getHeapStatistics().heap_size_limit,
+          newSpaceSize: young.space_size || 0, newSpaceUsed: young.space_used_size || 0};
 }
 
 function reply(obj) { process.stdout.write(JSON.stringify(obj) + '\n'); }
