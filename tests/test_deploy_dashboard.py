@@ -9,7 +9,9 @@ End to end (root, cgroup v1 memory controller, eBPF, JDK 17, Debian's prometheus
   the agent flags the leak and arms its malloc profile (native sites); once Prometheus holds those,
   the test lowers the cgroup's limit to 24 MiB above the current usage and the kernel OOM-kills it
   within seconds (so a slow, loaded machine changes the timing, not the outcome);
-- `jvm` (namespace e2e, container java): a JDK 17 JVM with NMT summary, -Xms128m -Xmx128m.
+- `jvm` (namespace e2e, container java): a JDK 17 JVM with NMT summary, -Xms128m -Xmx128m;
+- `web` (container node): Node 20 holding ~32 MiB of objects, in a 1 GiB cgroup (V8 is sized for it);
+- `worker` (container python): Debian's CPython 3.11 holding ~32 MiB of objects.
 Then each dashboard query, with $namespace=e2e and All pods/containers, must return data over the
 test's time range, and a few values are checked against what the test set up.
 """
@@ -21,6 +23,7 @@ import copy
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -33,8 +36,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import build_c
+from conftest import PROGRAMS, build_c
 from fixtures.k8s.fake_apiserver import FakeApiServer, FakeState, make_cert
+from interpreters import Interp, node_interpreters, python_interpreters
+from lineproc import LineProc
 from test_deploy_rules import RULES, exported_metric_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +62,13 @@ def queries() -> list[tuple[str, str]]:
     """Panel queries, then annotation queries (the OOM kill markers)."""
     return ([(p["title"], t["expr"]) for p in panels() for t in p["targets"]]
             + [(f"annotation: {a['name']}", a["expr"]) for a in dashboard()["annotations"]["list"]])
+
+
+def _interp(found: list[Interp], name: str) -> Interp:
+    it = next((i for i in found if i.name == name), None)
+    if it is None:
+        pytest.fail(f"{name} is part of the machine (scripts/setup-test-node.sh for the Node builds)")
+    return it
 
 
 def substitute(expr: str, values: dict[str, str]) -> str:
@@ -94,7 +106,7 @@ def test_every_panel_has_queries_on_metrics_the_agent_exports():
             names = {n for n in re.findall(r"nativewatch_[a-z0-9_]+", re.sub(r'"[^"]*"', "", t["expr"]))}
             assert names and names <= known, (p["title"], names - known)
             if any(n.startswith(("nativewatch_container", "nativewatch_process", "nativewatch_jvm",
-                                 "nativewatch_native")) for n in names):
+                                 "nativewatch_native", "nativewatch_node", "nativewatch_python")) for n in names):
                 for var in TEMPLATE_VARS:  # every workload panel follows the template variables
                     assert f'{var}=~"${var}"' in t["expr"], (p["title"], var)
 
@@ -115,6 +127,10 @@ def test_the_panels_an_on_call_needs_are_there():
     assert "dominant_category" in find("oom kills")["targets"][0]["expr"]
     assert "nativewatch_jvm_nmt_committed_bytes" in find("nmt")["targets"][0]["expr"]
     assert "limit" in find("time to oom")["targets"][0]["expr"]
+    v8 = " ".join(t["expr"] for t in find("v8", "limit")["targets"])
+    assert "nativewatch_node_v8_committed_bytes" in v8 and "nativewatch_node_heap_limit_bytes" in v8
+    managed = " ".join(t["expr"] for t in find("python", "pymalloc")["targets"])
+    assert 'runtime=~"node|python"' in managed and "nativewatch_python_pymalloc_arena_bytes" in managed
 
 
 # -- end to end ----------------------------------------------------------------------------------------
@@ -220,7 +236,7 @@ def test_every_dashboard_query_returns_data_from_a_real_agent_and_prometheus(e2e
 
     tmp = e2e_env["tmp"]
     prog = build_c("agent_load.c", cflags=["-O1", "-fno-omit-frame-pointer"])
-    leaky_cg, jvm_cg = KubeCgroup(1 << 30), KubeCgroup(1 << 30)
+    leaky_cg, jvm_cg, web_cg, worker_cg = (KubeCgroup(1 << 30) for _ in range(4))
     # The fake API server's PodList: this node's two pods, shaped like the recorded fixture.
     state = FakeState()
     template = state.podlist["items"][1]
@@ -229,6 +245,10 @@ def test_every_dashboard_query_returns_data_from_a_real_agent_and_prometheus(e2e
                        image="registry.example.com/e2e/leaky:1"),
         _container_pod(template, name="ledger-0", uid=jvm_cg.pod_uid, container="java", cid=jvm_cg.id,
                        image="registry.example.com/e2e/ledger:1"),
+        _container_pod(template, name="web-0", uid=web_cg.pod_uid, container="node", cid=web_cg.id,
+                       image="registry.example.com/e2e/web:1"),
+        _container_pod(template, name="worker-0", uid=worker_cg.pod_uid, container="python", cid=worker_cg.id,
+                       image="registry.example.com/e2e/worker:1"),
     ]
     sa = tmp / "serviceaccount"
     sa.mkdir()
@@ -238,6 +258,7 @@ def test_every_dashboard_query_returns_data_from_a_real_agent_and_prometheus(e2e
     server = FakeApiServer(state, tls=(cert, key)).__enter__()
 
     procs: list[subprocess.Popen] = []
+    interps: list[LineProc] = []
     jvm = agent = prom = None
     aport, pport = _free_port(), _free_port()
     try:
@@ -245,6 +266,12 @@ def test_every_dashboard_query_returns_data_from_a_real_agent_and_prometheus(e2e
                            "-XX:NativeMemoryTracking=summary"))
         jvm_cg.add(jvm.pid)
         jvm.step("heapleak 4")  # 4 MiB kept, 32 MiB of garbage: collections run, so there is a post-GC floor
+        for cg, interp, script in ((web_cg, _interp(node_interpreters(), "node20"), "node_heap.js"),
+                                   (worker_cg, _interp(python_interpreters(), "debian-3.11"), "py_heap.py")):
+            run = " ".join(shlex.quote(a) for a in (*interp.argv, str(PROGRAMS / script)))
+            interps.append(LineProc(["sh", "-c", f"echo $$ > {cg.path}/cgroup.procs && exec {run}"], env=interp.env))
+            interps[-1].ask("objects 32")
+        web, worker = interps
         (tmp / "agent.toml").write_text(
             "interval_s = 1\nfull_interval_s = 1\nnmt_interval_s = 2\nwindow_s = 20\nmin_leak_window_s = 8\n"
             f"auto_capture_min_growth_bytes = {8 * MIB}\nauto_capture_duration_s = 4\nhistory_interval_s = 5\n")
@@ -266,7 +293,7 @@ def test_every_dashboard_query_returns_data_from_a_real_agent_and_prometheus(e2e
         agent = subprocess.Popen([str(exe), "agent", "--listen", f"127.0.0.1:{aport}", "--config",
                                   str(tmp / "agent.toml"), "--state-dir", str(tmp / "state"),
                                   "--evidence-dir", str(tmp / "evidence"), "--track", str(leak.pid),
-                                  "--track", str(jvm.pid)],
+                                  "--track", str(jvm.pid), "--track", str(web.pid), "--track", str(worker.pid)],
                                  env=env, stderr=subprocess.PIPE, text=True)
 
         # Wait (the deadline only guards against a hang) until Prometheus holds the leak's native
@@ -284,7 +311,9 @@ def test_every_dashboard_query_returns_data_from_a_real_agent_and_prometheus(e2e
             assert seen == set(needed), f"never appeared in Prometheus: {set(needed) - seen}"
 
         wait_for_series({"sites": f'nativewatch_native_site_outstanding_bytes{{pid="{leak.pid}"}}',
-                         "nmt": f'nativewatch_jvm_nmt_committed_bytes{{pid="{jvm.pid}"}}'}, 240)
+                         "nmt": f'nativewatch_jvm_nmt_committed_bytes{{pid="{jvm.pid}"}}',
+                         "v8": f'nativewatch_node_v8_committed_bytes{{pid="{web.pid}"}}',
+                         "arenas": f'nativewatch_python_pymalloc_arena_bytes{{pid="{worker.pid}"}}'}, 240)
         assert leak.poll() is None
         leak_limit = (leaky_cg.usage() + 24 * MIB) // 4096 * 4096
         leaky_cg.set_limit(leak_limit)
@@ -298,10 +327,10 @@ def test_every_dashboard_query_returns_data_from_a_real_agent_and_prometheus(e2e
         ns_values = _prom(pport, "/api/v1/label/namespace/values", **{"match[]": "nativewatch_container_memory_bytes"})
         assert "e2e" in ns_values
         pods = _prom(pport, "/api/v1/label/pod/values", **{"match[]": 'nativewatch_container_memory_bytes{namespace=~"e2e"}'})
-        assert set(pods) == {"leaky-0", "ledger-0"}
+        assert set(pods) == {"leaky-0", "ledger-0", "web-0", "worker-0"}
         containers = _prom(pport, "/api/v1/label/container/values",
                            **{"match[]": 'nativewatch_container_memory_bytes{namespace=~"e2e", pod=~".*"}'})
-        assert set(containers) == {"app", "java"}
+        assert set(containers) == {"app", "java", "node", "python"}
 
         # Every panel query over the test's time range, as Grafana would send it.
         values = {"namespace": "e2e", "pod": ".*", "container": ".*", "__rate_interval": "1m"}
@@ -330,6 +359,17 @@ def test_every_dashboard_query_returns_data_from_a_real_agent_and_prometheus(e2e
         assert len(xmx) == 1 and float(xmx[0]["value"][1]) == 128 * MIB
         floor = _instant(pport, f'max_over_time(nativewatch_jvm_heap_post_gc_bytes{{pid="{jvm.pid}"}}[5m])')
         assert len(floor) == 1 and 4 * MIB <= float(floor[0]["value"][1]) <= 128 * MIB
+        # Node's heap limit is V8's own (sized for the container's 1 GiB), CPython's arenas its own figure
+        node_limit = _instant(pport, f'nativewatch_node_heap_limit_bytes{{pid="{web.pid}", namespace="e2e", '
+                                     'pod="web-0", container="node"}')
+        assert len(node_limit) == 1 and float(node_limit[0]["value"][1]) == web.ask("stats")["heap_size_limit"]
+        assert float(node_limit[0]["value"][1]) < 1 << 30
+        arenas = _instant(pport, f'nativewatch_python_pymalloc_arena_bytes{{pid="{worker.pid}", pod="worker-0"}}')
+        assert len(arenas) == 1 and float(arenas[0]["value"][1]) == worker.ask("stats")["arena_bytes"]
+        for pid, runtime in ((web.pid, "node"), (worker.pid, "python")):
+            heap = _instant(pport, f'nativewatch_process_memory_bytes{{pid="{pid}", runtime="{runtime}", '
+                                   'category="heap"}')
+            assert len(heap) == 1 and float(heap[0]["value"][1]) >= 32 * MIB, (runtime, heap)
         native_peak = _instant(pport, 'max_over_time(nativewatch_container_memory_bytes{pod="leaky-0",'
                                       'category="native"}[5m])')
         assert len(native_peak) == 1 and 32 * MIB < float(native_peak[0]["value"][1]) <= leak_limit
@@ -384,9 +424,11 @@ def test_every_dashboard_query_returns_data_from_a_real_agent_and_prometheus(e2e
             if p.poll() is None:
                 p.kill()
             p.wait()
+        for lp in interps:
+            lp.close()
         if jvm is not None:
             jvm.close()
         server.__exit__(None, None, None)
-        leaky_cg.remove()
-        jvm_cg.remove()
+        for cg in (leaky_cg, jvm_cg, web_cg, worker_cg):
+            cg.remove()
         shutil.rmtree(tmp / "tsdb", ignore_errors=True)
