@@ -192,6 +192,53 @@ def check_procfs() -> Check:
     return Check("procfs", OK, "smaps and smaps_rollup readable for other processes")
 
 
+def _yama_scope() -> int | None:
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def check_process_memory() -> Check:
+    """Node's V8 pages and CPython's arena table are read through /proc/PID/mem: the kernel allows it
+    only with ptrace-read access, which Yama's ptrace_scope can narrow or forbid."""
+    from nativewatch.sources.procmem import ProcMem
+
+    # a process that is not our descendant (Yama scope 1 lets anyone read their own children): the
+    # parent first, then any other user-space process
+    me = os.getpid()
+    others = [int(d) for d in os.listdir("/proc") if d.isdigit() and int(d) not in (me, os.getppid())]
+    ok, error = False, None
+    for target in [os.getppid(), *sorted(others)][:64]:
+        start = None
+        try:
+            with open(f"/proc/{target}/maps") as fh:
+                for line in fh:
+                    parts = line.split()
+                    if len(parts) >= 2 and parts[1].startswith("r"):
+                        start = int(parts[0].split("-")[0], 16)
+                        break
+        except OSError:
+            continue
+        if start is None:
+            continue  # a kernel thread, or gone
+        with ProcMem(target, max_reads=1) as mem:
+            ok = mem.read(start, 8) is not None
+            error = mem.error
+        break
+    scope = _yama_scope()
+    where = f" (Yama ptrace_scope {scope})" if scope is not None else ""
+    if ok:
+        return Check("process memory", OK, f"/proc/PID/mem readable for other processes{where}: Node (V8 pages) "
+                     "and Python (pymalloc arenas) heaps are found")
+    why = error or "no other process whose maps are readable"
+    fix = ("Yama ptrace_scope 3 forbids it for everyone until reboot" if scope == 3 else
+           "run as root or with CAP_SYS_PTRACE (Yama ptrace_scope 1-2 allows it then); in a pod use hostPID: true")
+    return Check("process memory", DEGRADED, f"cannot read other processes' memory ({why}){where}: Node and Python "
+                 "heaps count as native", fix)
+
+
 def run_checks() -> list[Check]:
-    return [check_procfs(), check_capabilities(), check_bpf_syscall(), check_bcc(), check_headers(),
-            check_uprobes(), check_attach(), check_tracefs(), check_btf(), check_cgroup()]
+    return [check_procfs(), check_capabilities(), check_process_memory(), check_bpf_syscall(), check_bcc(),
+            check_headers(), check_uprobes(), check_attach(), check_tracefs(), check_btf(), check_cgroup()]

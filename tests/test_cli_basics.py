@@ -17,8 +17,8 @@ from nativewatch.units import human_bytes, parse_bytes, parse_duration
 def test_doctor_reports_every_check_with_a_status(nativewatch_cli):
     r = nativewatch_cli("doctor", "--json", check=True)
     checks = {c["name"]: c for c in json.loads(r.stdout)}
-    assert set(checks) == {"procfs", "capabilities", "bpf syscall", "bcc", "kernel headers", "uprobes",
-                           "attach", "tracefs", "btf", "cgroup"}
+    assert set(checks) == {"procfs", "capabilities", "process memory", "bpf syscall", "bcc", "kernel headers",
+                           "uprobes", "attach", "tracefs", "btf", "cgroup"}
     for c in checks.values():
         assert c["status"] in ("ok", "degraded", "missing")
         if c["status"] != "ok":
@@ -27,6 +27,7 @@ def test_doctor_reports_every_check_with_a_status(nativewatch_cli):
     headers_ok = os.path.isdir(f"/lib/modules/{platform.release()}/build/include")
     assert (checks["kernel headers"]["status"] == "ok") == headers_ok
     assert (checks["btf"]["status"] == "ok") == os.path.exists("/sys/kernel/btf/vmlinux")
+    assert checks["process memory"]["status"] == "ok"  # root here: other processes' /proc/PID/mem reads
     text = nativewatch_cli("doctor", check=True).stdout
     assert "kernel headers" in text and "cgroup" in text
 
@@ -43,6 +44,8 @@ def test_doctor_as_unprivileged_user_says_what_is_missing(nativewatch_cli):
     assert checks["capabilities"]["status"] == "missing"
     assert checks["bpf syscall"]["status"] == "missing"
     assert "CAP_BPF" in checks["bpf syscall"]["fix"]
+    # nobody cannot read root's processes: V8 and pymalloc heaps are not found, and doctor says so
+    assert checks["process memory"]["status"] == "degraded" and "CAP_SYS_PTRACE" in checks["process memory"]["fix"]
 
 
 @pytest.mark.parametrize("text,value", [("512KiB", 512 * 1024), ("2MiB", 2 << 20), ("1GB", 10**9),
