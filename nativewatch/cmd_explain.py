@@ -97,19 +97,21 @@ class _WindowEnded(ProcessGone):
 class _Capture:
     """A sampled allocation capture beside the sampling, under the overhead budget."""
 
-    def __init__(self, pid: int, duration_s: float, proc_root: str, max_overhead: float | None) -> None:
+    def __init__(self, pid: int, duration_s: float, proc_root: str, max_overhead: float | None,
+                 jvm_attach: bool) -> None:
         self.stop = threading.Event()
         self.result: Any = None
         self.problem: str | None = None
-        self._thread = threading.Thread(target=self._run, args=(pid, duration_s, proc_root, max_overhead),
+        self._thread = threading.Thread(target=self._run, args=(pid, duration_s, proc_root, max_overhead, jvm_attach),
                                         daemon=True)
         self._thread.start()
 
-    def _run(self, pid: int, duration_s: float, proc_root: str, max_overhead: float | None) -> None:
+    def _run(self, pid: int, duration_s: float, proc_root: str, max_overhead: float | None, jvm_attach: bool) -> None:
         try:
             from nativewatch.malloc_profile.runner import run_profile
 
-            self.result = run_profile(pid, duration_s, stop=self.stop, proc_root=proc_root, max_overhead=max_overhead)
+            self.result = run_profile(pid, duration_s, stop=self.stop, proc_root=proc_root, max_overhead=max_overhead,
+                                      jvm_attach=jvm_attach)
         except (SourceUnavailable, ProcessGone, AccessDenied, ImportError, ValueError, OSError) as exc:
             self.problem = f"no allocation capture: {exc}"
 
@@ -211,7 +213,7 @@ def run_explain(pid: int, duration_s: float, interval_s: float, *, proc_root: st
     gc = _GcPoller(pid, proc_root, first.runtime == "jvm")
     if stop is not None:
         threading.Thread(target=lambda: (stop.wait(), gc.stop.set()), daemon=True).start()
-    cap = _Capture(pid, duration_s, proc_root, max_overhead) if capture else None
+    cap = _Capture(pid, duration_s, proc_root, max_overhead, attach) if capture else None
     t_start = time.time()
     try:
         samples, last, problems, elapsed = run_soak(sampler, duration_s=duration_s, interval_s=interval_s,

@@ -26,7 +26,8 @@ def render_text(r: ProfileResult, top: int) -> str:
              + (f", sampling every {human_bytes(r.sampling_interval_bytes)} on average"
                 if r.sampling_interval_bytes else "")
              + (" (target exited)" if r.target_exited else "")
-             + (f", attached via {r.via}" if r.via else ""),
+             + (f", attached via {r.via}" if r.via else "")
+             + (f"; Java frames: {r.java_frames}" if r.java_frames else ""),
              f"outstanding: {human_bytes(r.total_outstanding_bytes)} in {len(r.sites)} sites; lost: "
              + ", ".join(f"{k}={v}" for k, v in r.lost.items()),
              f"{'OUTSTANDING':>12} {'COUNT':>9} {'ALLOCATED':>12} {'AGE':>8}  SITE"]
@@ -58,10 +59,12 @@ def render_text(r: ProfileResult, top: int) -> str:
               help="Stop the capture early when it would cost the target more than this share of one core "
                    "('none': no limit).")
 @click.option("--top", type=int, default=20, show_default=True, help="Rows in the table.")
+@click.option("--jvm/--no-jvm", "jvm", default=True, show_default=True,
+              help="Ask a HotSpot JVM (JDK 17+) for its perf map through attach, so JIT frames are named.")
 @click.option("--proc-root", default="/proc", show_default=True, hidden=True)
 @click.option("--dump-bpf", is_flag=True, hidden=True, help="Print the final BPF program and exit.")
 def command(pid: int, duration: float, as_json: bool, output: str | None, mode: str, interval: int,
-            via: str | None, max_overhead: str, top: int, proc_root: str, dump_bpf: bool) -> None:
+            via: str | None, max_overhead: str, top: int, jvm: bool, proc_root: str, dump_bpf: bool) -> None:
     """Outstanding malloc/mmap memory by call stack (sites sorted by bytes, with age)."""
     if pid <= 0:
         fail(f"invalid pid: {pid}")
@@ -90,7 +93,7 @@ def command(pid: int, duration: float, as_json: bool, output: str | None, mode: 
 
     try:
         result = run_profile(pid, duration, mode=mode, interval_bytes=interval, stop=stop, proc_root=proc_root,
-                             on_attached=attached, via=via, max_overhead=budget)
+                             on_attached=attached, via=via, max_overhead=budget, jvm_attach=jvm)
     except (ProcessGone, AccessDenied) as exc:
         pid_errors(pid, exc)
     except SourceUnavailable as exc:

@@ -56,6 +56,7 @@ class ProfileResult:
     problems: tuple[str, ...] = field(default_factory=tuple)
     via: str = ""                   # attach rung: session | multi | perf
     overhead: dict[str, Any] | None = None  # governor.OverheadReport.to_json()
+    java_frames: str | None = None  # JVMs: how JIT frames were named ("Compiler.perfmap"), or why not
 
     @property
     def stopped_early(self) -> str | None:
@@ -77,6 +78,7 @@ class ProfileResult:
             "sampled_allocations": self.sampled_allocations,
             "start_time": self.start_time,
             "problems": list(self.problems),
+            "java_frames": self.java_frames,
         }
 
     @classmethod
@@ -90,7 +92,8 @@ class ProfileResult:
                    sampled_allocations=int(d.get("sampled_allocations", 0)),
                    start_time=float(d.get("start_time", 0.0)),
                    problems=tuple(str(p) for p in d.get("problems", [])), via=str(d.get("via", "")),
-                   overhead=dict(d["overhead"]) if isinstance(d.get("overhead"), dict) else None)
+                   overhead=dict(d["overhead"]) if isinstance(d.get("overhead"), dict) else None,
+                   java_frames=str(d["java_frames"]) if isinstance(d.get("java_frames"), str) else None)
 
     @property
     def total_outstanding_bytes(self) -> int:

@@ -17,10 +17,11 @@ from nativewatch.malloc_profile import probes
 from nativewatch.malloc_profile.attach import choose_rung
 from nativewatch.malloc_profile.calibrate import measure_costs
 from nativewatch.malloc_profile.governor import DEFAULT_MAX_OVERHEAD, Governor
+from nativewatch.malloc_profile.javaperfmap import PerfMapWriter
 from nativewatch.malloc_profile.resolve import resolve
 from nativewatch.malloc_profile.result import ProfileResult, Site, sort_sites
 from nativewatch.malloc_profile.state import remove_state, write_state
-from nativewatch.malloc_profile.symbolize import Symbolizer
+from nativewatch.malloc_profile.symbolize import JAVA_UNNAMED, Symbolizer
 from nativewatch.sources.procfs import read_status
 
 __all__ = ["run_profile", "DEFAULT_INTERVAL"]
@@ -53,8 +54,26 @@ class _Collector:
         for r in raw:
             key = (r.stackid, r.kind, r.caller)
             if key not in self.frames:
-                stack = probes.read_stack(self.loaded, r.stackid)
-                self.frames[key] = tuple(self.sym.site_frames(r.caller, stack)) or (f"0x{r.caller:x} (?)",)
+                self._symbolize(key)
+
+    def _symbolize(self, key: _SiteKey) -> None:
+        stack = probes.read_stack(self.loaded, key[0])
+        self.frames[key] = tuple(self.sym.site_frames(key[2], stack)) or (f"0x{key[2]:x} (?)",)
+
+    def unnamed_java(self) -> list[_SiteKey]:
+        """Sites with a code-cache frame the JVM's perf map did not name (yet)."""
+        return [k for k, f in self.frames.items() if any(x.startswith(JAVA_UNNAMED) for x in f)]
+
+    def resymbolize(self, keys: list[_SiteKey]) -> None:
+        for k in keys:
+            self._symbolize(k)
+
+    def name_java_frames(self, writer: PerfMapWriter, *, force: bool = False) -> None:
+        """Ask the JVM for a fresh perf map when a site has an unnamed Java frame, and name them again."""
+        keys = self.unnamed_java()
+        if keys and writer.write(force=force):
+            self.sym.perf_map_rewritten()
+            self.resymbolize(keys)
 
     def sites(self, raw: list[probes.RawSite], oldest: dict[_SiteKey, int] | None,
               now_ns: int) -> tuple[Site, ...]:
@@ -82,10 +101,11 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
                 on_attached: Callable[[], None] | None = None, poll_s: float = 1.0,
                 state_directory: Path | None = None, max_allocs: int | None = None,
                 top_n_state: int = 10, via: str | None = None,
-                max_overhead: float | None = DEFAULT_MAX_OVERHEAD) -> ProfileResult:
+                max_overhead: float | None = DEFAULT_MAX_OVERHEAD, jvm_attach: bool = False) -> ProfileResult:
     """Profile pid's outstanding native allocations for duration_s seconds (or until `stop` is set, the
     target exits, or the capture would cost the target more than `max_overhead` of a core; None: no
-    limit). `via` forces an attach rung. Raises ProcessGone if pid is gone before attaching,
+    limit). `via` forces an attach rung. `jvm_attach` allows asking a verified HotSpot JVM for its perf
+    map (javaperfmap) so JIT frames are named. Raises ProcessGone if pid is gone before attaching,
     SourceUnavailable if eBPF cannot be used."""
     if duration_s <= 0:
         raise ValueError("duration must be positive")
@@ -98,6 +118,7 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
     sym = Symbolizer(pid, proc_root, allocator_ranges=plan.allocator_ranges,
                      allocator_symbols=plan.allocator_symbols)
     col = _Collector(loaded, sym)
+    java = PerfMapWriter(pid, proc_root, allowed=jvm_attach)
     exited = False
     state_problem: list[str] = []
     try:
@@ -140,6 +161,9 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
                 exited = True
                 break
             current = col.sites(probes.read_sites(loaded), None, time.monotonic_ns())
+            if sym.is_jvm and col.unnamed_java():
+                col.name_java_frames(java)
+                current = col.sites(probes.read_sites(loaded), None, time.monotonic_ns())
             try:
                 write_state(pid, [s.to_json() for s in current[:top_n_state]], started=wall0, mode=mode,
                             interval_bytes=interval_bytes if mode == "sampled" else 0,
@@ -154,6 +178,9 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
         raw = probes.read_sites(loaded)
         oldest = probes.read_oldest(loaded)
         counters = probes.read_counters(loaded)
+        col.symbolize_new(raw)
+        if sym.is_jvm and not exited and _alive(pid, proc_root):
+            col.name_java_frames(java, force=True)  # code compiled since the last map
         sites = col.sites(raw, oldest, now_ns)
     finally:
         probes.close(loaded)
@@ -175,4 +202,5 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
                          sampling_interval_bytes=interval_bytes if mode == "sampled" else 0, sites=sites,
                          lost=lost, allocator=plan.provider, allocator_kind=plan.provider_kind,
                          target_exited=exited, sampled_allocations=counters["sampled"], start_time=wall0,
-                         problems=tuple(problems), via=rung, overhead=overhead.to_json())
+                         problems=tuple(problems), via=rung, overhead=overhead.to_json(),
+                         java_frames=(java.status or "no unnamed Java frames in the sites") if sym.is_jvm else None)

@@ -10,7 +10,9 @@
 - Symbols: pyelftools, .symtab and .dynsym, parsed once per build id (elfimage's cache).
 - JIT frames: /tmp/perf-<nspid>.map inside the target's root, opened with openat2(RESOLVE_IN_ROOT) so
   symlinks planted by the target cannot lead outside its root. Falls back to a component-by-component
-  O_NOFOLLOW walk on kernels without openat2.
+  O_NOFOLLOW walk on kernels without openat2. In a HotSpot JVM (libjvm.so mapped) the map's
+  "Interpreter" blob names a frame `[java: interpreted]`, and code-cache addresses the map does not
+  name (no map: JDK 11, or attach not allowed) say `[java: code cache]` rather than a bare address.
 - C++ names: demangled in batches by binutils' c++filt in a subprocess. Symbol names come from the
   target's files and are untrusted; a crafted name that sends a demangler into deep recursion then
   kills only that subprocess (a timeout bounds it too), not the agent, and a correct Itanium demangler
@@ -37,7 +39,10 @@ from nativewatch.errors import ProcessGone
 from nativewatch.malloc_profile.elfimage import ElfImage, image_for_fd
 from nativewatch.sources.procfs import read_maps, read_status
 
-__all__ = ["Symbolizer", "demangle", "open_in_root", "parse_perf_map"]
+__all__ = ["JAVA_INTERPRETED", "JAVA_UNNAMED", "Symbolizer", "demangle", "open_in_root", "parse_perf_map"]
+
+JAVA_INTERPRETED = "[java: interpreted]"
+JAVA_UNNAMED = "[java: code cache]"  # JIT-compiled or interpreter code the JVM's perf map does not name
 
 _MAX_PERF_MAP_BYTES = 64 << 20
 
@@ -66,6 +71,7 @@ class Symbolizer:
         self._regions: list[_Region] = []
         self._starts: list[int] = []
         self._anon_exec: list[tuple[int, int]] = []
+        self.is_jvm = False  # libjvm.so is mapped: anonymous code is HotSpot's code cache
         self._perf: tuple[list[int], list[tuple[int, str]]] | None = None
         self._perf_stale = False
         self._lock = threading.Lock()
@@ -81,7 +87,10 @@ class Symbolizer:
         current: set[tuple[int, int, str]] = set()
         new: list[_Region] = []
         anon: list[tuple[int, int]] = []
+        jvm = False
         for m in maps.mappings:
+            if m.path.endswith("/libjvm.so"):
+                jvm = True
             if "x" not in m.perms:
                 continue
             if not m.path.startswith("/") or m.inode == 0:
@@ -112,7 +121,14 @@ class Symbolizer:
                 self._regions.sort(key=lambda r: r.start)
                 self._starts = [r.start for r in self._regions]
             self._anon_exec = anon
+            self.is_jvm = jvm
             self._perf_stale = True
+
+    def perf_map_rewritten(self) -> None:
+        """The JIT's perf map was just written anew (e.g. Compiler.perfmap): read it again at the next
+        lookup, hit or miss (code may have moved)."""
+        with self._lock:
+            self._perf = None
 
     def close(self) -> None:
         with self._lock:
@@ -194,6 +210,8 @@ class Symbolizer:
         r = self._region(look)
         if r is None:
             name = self._perf_lookup(look)
+            if self.is_jvm and (name is None or name == "Interpreter") and self._in_anon_exec(look):
+                return (JAVA_INTERPRETED if name else JAVA_UNNAMED), "jvm", False
             if name is not None:
                 return name, "[jit]", False
             return f"0x{addr:x}", "?", False
@@ -239,6 +257,9 @@ class Symbolizer:
         return [f"{n} ({o})" for n, (_, o, _) in zip(names, kept, strict=True)]
 
     # ---- JIT perf map --------------------------------------------------------------------------
+    def _in_anon_exec(self, addr: int) -> bool:
+        return any(lo <= addr < hi for lo, hi in self._anon_exec)
+
     def _perf_lookup(self, addr: int) -> str | None:
         if not self._anon_exec or not any(lo <= addr < hi for lo, hi in self._anon_exec):
             return None

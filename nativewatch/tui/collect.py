@@ -117,5 +117,6 @@ class Collector:
         # Imported on use: `top` runs on a build or host where the profiler cannot.
         from nativewatch.malloc_profile import run_profile
 
+        # the drill-down's snapshot attaches to JVMs too (NMT): the same consent names JIT frames
         return run_profile(pid, duration_s, mode="sampled", stop=stop, on_attached=on_attached,
-                           proc_root=self.proc_root)
+                           proc_root=self.proc_root, jvm_attach=True)

@@ -3,7 +3,8 @@ import java.io.InputStreamReader;
 
 /**
  * Test driver: one JVM hosts the four leak programs so tests share a JVM. Reads commands on stdin
- * ("direct 64", "classes 2000", "threads 100", "sawtooth 256", "heapleak 2", "gctime", "quit") and answers "ok <cmd>" when the
+ * ("direct 64", "classes 2000", "threads 100", "sawtooth 256", "heapleak 2", "gctime", "sitewarm",
+ * "siteunsafe 8", "sitedirect 8", "quit") and answers "ok <cmd>" when the
  * step is done, so the test process decides when memory grows and nothing depends on timing.
  */
 public class NwDriver {
@@ -22,6 +23,9 @@ public class NwDriver {
                 case "sawtooth": HeapSawtooth.step(n); break;
                 case "heapleak": HeapLeak.step(n); break;
                 case "gctime": System.out.println(HeapLeak.gcTime()); break;
+                case "sitewarm": SiteLeak.warm(); break;
+                case "siteunsafe": SiteLeak.step(n, false); break;
+                case "sitedirect": SiteLeak.step(n, true); break;
                 case "quit": return;
                 default: System.out.println("unknown " + p[0]); System.out.flush(); continue;
             }

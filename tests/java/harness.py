@@ -23,7 +23,7 @@ BUILD_DIR = ROOT / ".cache" / "test-build"
 # (the checkout itself may live under /tmp, e.g. in CI), and readable by the unprivileged uid they run as.
 CLASS_DIR = Path(os.environ.get("NATIVEWATCH_TEST_CLASS_DIR", "/var/tmp/nativewatch-test-classes"))
 SOURCES = ("NwDriver.java", "DirectLeak.java", "ClassLeak.java", "ThreadLeak.java", "HeapSawtooth.java",
-           "HeapLeak.java", "Leaf.java")
+           "HeapLeak.java", "Leaf.java", "SiteLeak.java")
 
 
 def java_home(major: int) -> Path | None:

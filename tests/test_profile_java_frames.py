@@ -1,0 +1,110 @@
+"""Java methods in the allocation sites of a JVM (issue 11, Java frames, the JIT part).
+
+A real JVM leaks native memory from named Java methods (tests/java/SiteLeak.java): `leakUnsafe`
+through Unsafe.allocateMemory, `leakDirect` through ByteBuffer.allocateDirect, 13 x 16 KiB every
+~0.1 s while `nativewatch profile` runs (sampled, 5 s). `sitewarm` first runs both paths 20,000
+times so the JIT has compiled them. The JVM's own perf map, asked for through attach
+(Compiler.perfmap), must put the leaking method into the top site's frames on JDK 17, 21 and 25.
+What cannot be named must say what it is: `[java: interpreted]` under -Xint, `[java: code cache]`
+on JDK 11 (no Compiler.perfmap) and with --no-jvm (no attach), never a bare address.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "java"))
+from harness import Jvm, compile_programs, java_home, jvm_argv  # noqa: E402
+
+pytestmark = [pytest.mark.jvm, pytest.mark.bpf]
+MIB = 1 << 20
+
+
+def _profile(major: int, step: str, flags: tuple[str, ...] = (), cli: tuple[str, ...] = ()) -> dict:
+    if java_home(major) is None:
+        pytest.fail(f"JDK {major} is part of the test machine (scripts/setup-test-jdks.sh)")
+    jvm = Jvm(jvm_argv(major, compile_programs(), *flags))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            while not stop.is_set():
+                jvm.step(f"{step} 13")
+                stop.wait(0.1)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    try:
+        jvm.step("sitewarm")
+        t = threading.Thread(target=drive, daemon=True)
+        t.start()
+        exe = Path(sys.executable).parent / "nativewatch"
+        r = subprocess.run([str(exe), "profile", "--pid", str(jvm.pid), "--duration", "5s", "--json", *cli],
+                           capture_output=True, text=True, timeout=120)
+        stop.set()
+        t.join(30)
+    finally:
+        stop.set()
+        jvm.close()
+    assert not errors, errors
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    top = doc["sites"][0]
+    print(f"JDK {major} {step} {flags} {cli}: {doc['java_frames']}; top {top['outstanding_bytes'] / MIB:.1f} MiB "
+          f"{[f for f in top['frames'] if 'libjvm' not in f]}")
+    # ~2 MiB/s of leak for ~5 s: the top site is the leak, whatever its frames say
+    assert top["outstanding_bytes"] >= 4 * MIB, top
+    assert not [f for f in top["frames"] if f.endswith("(?)")], top["frames"]
+    return doc
+
+
+@pytest.mark.parametrize("major,step,method", [
+    (17, "siteunsafe", "SiteLeak.leakUnsafe(int)"),
+    (17, "sitedirect", "SiteLeak.leakDirect(int)"),
+    (21, "siteunsafe", "SiteLeak.leakUnsafe(int)"),
+    (25, "sitedirect", "SiteLeak.leakDirect(int)"),
+])
+def test_the_leaking_jit_compiled_method_is_in_the_top_site(major, step, method, bpf_available):
+    doc = _profile(major, step)
+    assert doc["java_frames"] == "Compiler.perfmap"
+    assert any(method in f for f in doc["sites"][0]["frames"]), doc["sites"][0]["frames"]
+
+
+def test_interpreted_frames_say_so(bpf_available):
+    doc = _profile(17, "siteunsafe", flags=("-Xint",))
+    frames = doc["sites"][0]["frames"]
+    assert doc["java_frames"] == "Compiler.perfmap"
+    assert "[java: interpreted] (jvm)" in frames and not any("SiteLeak" in f for f in frames), frames
+
+
+@pytest.mark.parametrize("major,cli,why", [
+    (11, (), "no Compiler.perfmap"),
+    (17, ("--no-jvm",), "not allowed"),
+])
+def test_without_a_perf_map_java_frames_are_labelled_not_bare(major, cli, why, bpf_available):
+    doc = _profile(major, "siteunsafe", cli=cli)
+    assert why in doc["java_frames"], doc["java_frames"]
+    assert "[java: code cache] (jvm)" in doc["sites"][0]["frames"], doc["sites"][0]["frames"]
+
+
+def test_a_native_program_has_no_java_frames_entry(bpf_available):
+    from conftest import build_c
+
+    p = subprocess.Popen([str(build_c("soak_leak.c", cflags=["-O1"])), "2"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().startswith("READY")
+        exe = Path(sys.executable).parent / "nativewatch"
+        r = subprocess.run([str(exe), "profile", "--pid", str(p.pid), "--duration", "2s", "--json"],
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        p.kill()
+        p.wait()
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["java_frames"] is None
