@@ -8,6 +8,8 @@ while a tracked native process gets one per scan.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -70,3 +72,38 @@ def test_jvm_gets_nmt_on_its_own_cadence_and_nmt_series_are_exported(tmp_path):
         native.kill()
         native.wait()
         jvm.close()
+
+
+def _attach_listener(pid: int) -> bool:
+    """HotSpot starts its "Attach Listener" thread on the first attach, never before."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() == "Attach Listener":
+                return True
+    return False
+
+
+@pytest.mark.parametrize("allowed", [False, True], ids=["jvm_attach-false", "control"])
+def test_jvm_attach_false_never_signals_or_connects_to_a_jvm(allowed, tmp_path):
+    if java_home(17) is None:
+        pytest.skip("JDK 17 not installed")
+    jvm = Jvm(jvm_argv(17, compile_programs(), "-Xmx64m", "-XX:NativeMemoryTracking=summary"))
+    cfg = load_config(None, interval_s=0.5, full_interval_s=0.5, nmt_interval_s=0.5, track=(jvm.pid,),
+                      state_dir=tmp_path, evidence_dir=tmp_path / "ev", bpf=False, auto_capture=False,
+                      jvm_attach=allowed)
+    agent = Agent(cfg)
+    try:
+        assert not _attach_listener(jvm.pid)
+        for _ in range(4):
+            view = agent.scan_once()
+            time.sleep(0.5)
+        bd = next(p.breakdown for p in view.processes if p.breakdown.pid == jvm.pid)
+        assert bd.runtime == "jvm"
+        assert any(s.startswith("nmt") for s in bd.sources) == allowed, bd.sources
+        assert _attach_listener(jvm.pid) == allowed
+        # its automatic captures ask the JVM for a perf map only when allowed
+        assert ("--jvm" if allowed else "--no-jvm") in agent.profile_argv(jvm.pid, 30.0, None)
+    finally:
+        agent.close()
+        jvm.close()
+

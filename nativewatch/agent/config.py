@@ -67,6 +67,9 @@ class AgentConfig:
     basic_auth_user: str | None = None
     basic_auth_password_sha256: str | None = None
     auto_capture: bool = True
+    # false: the agent never signals or connects to a JVM (no NMT: hsperfdata capacities only; no perf
+    # map, so Java frames in captures stay [java: code cache]); passive reads only
+    jvm_attach: bool = True
     # Kubernetes Events on a pod when one of its containers is OOM-killed or gets a leak verdict (needs
     # the API server and RBAC create/patch on events).
     kubernetes_events: bool = True

@@ -266,15 +266,18 @@ class Agent:
             return None
         return self._profile_in_child
 
+    def profile_argv(self, pid: int, duration_s: float, pprof: Path | None) -> list[str]:
+        return [sys.executable, "-m", "nativewatch.cli", "profile", "--pid", str(pid), "--duration",
+                f"{duration_s:g}s", "--mode", "sampled", "--json", "--proc-root", self.cfg.proc_root,
+                "--max-overhead", repr(self.cfg.auto_capture_max_overhead or 0),
+                "--jvm" if self._may_attach() else "--no-jvm",
+                *(["-o", str(pprof)] if pprof is not None else [])]
+
     def _profile_in_child(self, pid: int, duration_s: float, pprof: Path | None) -> dict[str, Any]:
         """`nativewatch profile` as a child process: bcc compiles its uprobe program there, so the
         compiler never stays resident in the agent. Stopped early (SIGTERM: it keeps what it has) when
         the agent stops. Raises ProcessGone if the target exited, RuntimeError with the reason else."""
-        cmd = [sys.executable, "-m", "nativewatch.cli", "profile", "--pid", str(pid), "--duration",
-               f"{duration_s:g}s", "--mode", "sampled", "--json", "--proc-root", self.cfg.proc_root,
-               "--max-overhead", repr(self.cfg.auto_capture_max_overhead or 0),
-               *(["-o", str(pprof)] if pprof is not None else [])]
-        with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        with subprocess.Popen(self.profile_argv(pid, duration_s, pprof), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) as child:
             self.own_children.add(child.pid)
             try:
@@ -410,10 +413,13 @@ class Agent:
         self._claimed.discard(key)
         self.tracker.forget([rec.key])
 
+    def _may_attach(self) -> bool:
+        return self.cfg.jvm_attach and "jvm" not in self.degraded
+
     def _due(self, rec: _Proc, now: float) -> bool:
         if rec.kernel_thread or rec.state in ("Z", "X"):
             return False
-        if (rec.last is not None and runtime_named(rec.last.runtime).needs_attach and "jvm" not in self.degraded
+        if (rec.last is not None and runtime_named(rec.last.runtime).needs_attach and self._may_attach()
                 and now >= rec.attach_retry_at):
             # Even when tracked: an attach per scan is not cheap, and a breakdown without NMT would
             # move bytes between categories from one scan to the next.
@@ -438,7 +444,7 @@ class Agent:
                     self.deferred_total += 1
                     continue
                 untracked_done += 1
-            jvm = ("jvm" not in self.degraded and (rec.last is None or runtime_named(rec.last.runtime).needs_attach)
+            jvm = (self._may_attach() and (rec.last is None or runtime_named(rec.last.runtime).needs_attach)
                    and now >= rec.attach_retry_at)
             try:
                 try:
