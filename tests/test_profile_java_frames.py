@@ -5,6 +5,11 @@ through Unsafe.allocateMemory, `leakDirect` through ByteBuffer.allocateDirect, 1
 ~0.1 s while `nativewatch profile` runs (sampled, 5 s). `sitewarm` first runs both paths 20,000
 times so the JIT has compiled them. The JVM's own perf map, asked for through attach
 (Compiler.perfmap), must put the leaking method into the top site's frames on JDK 17, 21 and 25.
+Those JVMs run with -XX:+PreserveFramePointer, as JVMs profiled with perf often do: C2-compiled code
+otherwise keeps no frame pointer, and the frame-pointer walk ends at the first compiled frame. That
+frame is still named (tested without the flag), but it is the leaking method only when the JIT inlined
+the JDK's allocation path into it, which it decides run by run; unwinding compiled frames without a
+frame pointer is the stack-copy part of the issue, not built yet.
 What cannot be named must say what it is: `[java: interpreted]` under -Xint, `[java: code cache]`
 on JDK 11 (no Compiler.perfmap) and with --no-jvm (no attach), never a bare address.
 """
@@ -72,9 +77,19 @@ def _profile(major: int, step: str, flags: tuple[str, ...] = (), cli: tuple[str,
     (25, "sitedirect", "SiteLeak.leakDirect(int)"),
 ])
 def test_the_leaking_jit_compiled_method_is_in_the_top_site(major, step, method, bpf_available):
-    doc = _profile(major, step)
+    doc = _profile(major, step, flags=("-XX:+PreserveFramePointer",))
+    frames = doc["sites"][0]["frames"]
     assert doc["java_frames"] == "Compiler.perfmap"
-    assert any(method in f for f in doc["sites"][0]["frames"]), doc["sites"][0]["frames"]
+    assert any(method in f for f in frames), frames
+    assert any(f.startswith("JavaMain (libjli.so)") for f in frames), frames  # through to the launcher
+
+
+def test_without_preserved_frame_pointers_the_first_compiled_frame_is_named(bpf_available):
+    doc = _profile(17, "siteunsafe")
+    frames = doc["sites"][0]["frames"]
+    assert doc["java_frames"] == "Compiler.perfmap"
+    jit = [f for f in frames if f.endswith("([jit])")]
+    assert jit and "[java: code cache] (jvm)" not in frames, frames
 
 
 def test_interpreted_frames_say_so(bpf_available):
