@@ -203,6 +203,8 @@ def _yama_scope() -> int | None:
 def check_process_memory() -> Check:
     """Node's V8 pages and CPython's arena table are read through /proc/PID/mem: the kernel allows it
     only with ptrace-read access, which Yama's ptrace_scope can narrow or forbid."""
+    from nativewatch.errors import NativewatchError
+    from nativewatch.sources.procfs import read_maps
     from nativewatch.sources.procmem import ProcMem
 
     # a process that is not our descendant (Yama scope 1 lets anyone read their own children): the
@@ -211,18 +213,13 @@ def check_process_memory() -> Check:
     others = [int(d) for d in os.listdir("/proc") if d.isdigit() and int(d) not in (me, os.getppid())]
     ok, error = False, None
     for target in [os.getppid(), *sorted(others)][:64]:
-        start = None
         try:
-            with open(f"/proc/{target}/maps") as fh:
-                for line in fh:
-                    parts = line.split()
-                    if len(parts) >= 2 and parts[1].startswith("r"):
-                        start = int(parts[0].split("-")[0], 16)
-                        break
-        except OSError:
+            readable = [m for m in read_maps(target).mappings if m.perms.startswith("r")]
+        except (NativewatchError, OSError):
             continue
-        if start is None:
-            continue  # a kernel thread, or gone
+        if not readable:
+            continue  # a kernel thread
+        start = readable[0].start
         with ProcMem(target, max_reads=1) as mem:
             ok = mem.read(start, 8) is not None
             error = mem.error

@@ -29,12 +29,12 @@ from nativewatch.runtimes.base import (
     Runtime,
     detail_figure,
     detail_section,
+    starting_age,
 )
 from nativewatch.runtimes.claim import claim_ranges
 from nativewatch.sources.pagemap import Pagemap
 from nativewatch.sources.procfs import Mapping
 from nativewatch.sources.procmem import ProcMem
-from nativewatch.sources.procstat import process_age_s
 
 __all__ = ["PYTHON", "PythonRuntime"]
 
@@ -42,9 +42,6 @@ SOURCE = "pymalloc"
 _MAX_SEGMENT = 64 << 20  # writable data of an interpreter is a few MiB; never read more than this
 _slots: OrderedDict[tuple[int, int, int], tuple[int, tuple[int, ...]]] = OrderedDict()
 _MAX_SLOTS = 4096
-# an interpreter sampled this soon after exec (soak's first sample of the command it started) may not
-# have made its first arena yet: said as such, not as an unknown build
-_STARTING_S = 3.0
 
 
 def _environ_malloc(proc_root: str, pid: int) -> str | None:
@@ -157,8 +154,8 @@ class PythonRuntime(Runtime):
             return degraded(f"pymalloc arenas not located: /proc/{ctx.pid}/mem unreadable ({error}; needs "
                             "ptrace-read access, CAP_SYS_PTRACE): Python objects count as native")
         if table is None:
-            age = process_age_s(ctx.pid, ctx.proc_root)
-            if age is not None and age < _STARTING_S:
+            age = starting_age(ctx)
+            if age is not None:
                 return degraded(f"pymalloc's arena table not found yet: the interpreter started {age:.1f} s ago "
                                 "and may still be initialising; Python objects count as native")
             return degraded("pymalloc's arena table not found in the interpreter's data (an unknown build?): "

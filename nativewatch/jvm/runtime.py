@@ -20,6 +20,7 @@ from nativewatch.runtimes.base import (
     Refinement,
     Runtime,
     detail_figure,
+    detail_section,
 )
 
 __all__ = ["JVM", "JvmRuntime"]
@@ -29,9 +30,7 @@ _NO_NMT = ("no NMT data for this JVM: start it with -XX:NativeMemoryTracking=sum
 
 
 def _nmt_categories(details: dict[str, Any]) -> dict[Any, Any]:
-    # Details may come back from JSON (evidence, store): check shapes rather than trust them.
-    nmt = details.get("nmt")
-    cats = nmt.get("categories") if isinstance(nmt, dict) else None
+    cats = detail_section(details, "nmt").get("categories")
     return cats if isinstance(cats, dict) else {}
 
 

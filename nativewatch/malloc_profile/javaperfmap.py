@@ -27,7 +27,6 @@ class PerfMapWriter:
                  min_interval_s: float = 5.0) -> None:
         self.pid, self.proc_root, self.timeout_s, self.min_interval_s = pid, proc_root, timeout_s, min_interval_s
         self.allowed = allowed
-        self.writes = 0
         self.status: str | None = None  # None: not a JVM (nothing to say)
         self._last = float("-inf")
         self._usable: bool | None = None  # None: not decided yet
@@ -75,6 +74,5 @@ class PerfMapWriter:
         except (NativewatchError, OSError) as exc:
             self.status = f"JIT frames unnamed: attach failed: {exc}"
             return False
-        self.writes += 1
         self.status = "Compiler.perfmap"
         return True

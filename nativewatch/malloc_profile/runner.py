@@ -68,12 +68,15 @@ class _Collector:
         for k in keys:
             self._symbolize(k)
 
-    def name_java_frames(self, writer: PerfMapWriter, *, force: bool = False) -> None:
-        """Ask the JVM for a fresh perf map when a site has an unnamed Java frame, and name them again."""
+    def name_java_frames(self, writer: PerfMapWriter, *, force: bool = False) -> bool:
+        """Ask the JVM for a fresh perf map when a site has an unnamed Java frame, and name them again.
+        True when sites were named anew."""
         keys = self.unnamed_java()
-        if keys and writer.write(force=force):
-            self.sym.perf_map_rewritten()
-            self.resymbolize(keys)
+        if not keys or not writer.write(force=force):
+            return False
+        self.sym.perf_map_rewritten()
+        self.resymbolize(keys)
+        return True
 
     def sites(self, raw: list[probes.RawSite], oldest: dict[_SiteKey, int] | None,
               now_ns: int) -> tuple[Site, ...]:
@@ -161,8 +164,7 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
                 exited = True
                 break
             current = col.sites(probes.read_sites(loaded), None, time.monotonic_ns())
-            if sym.is_jvm and col.unnamed_java():
-                col.name_java_frames(java)
+            if sym.is_jvm and col.name_java_frames(java):
                 current = col.sites(probes.read_sites(loaded), None, time.monotonic_ns())
             try:
                 write_state(pid, [s.to_json() for s in current[:top_n_state]], started=wall0, mode=mode,

@@ -200,7 +200,7 @@ class Symbolizer:
             self.problems.append(text)
 
     def is_executable(self, addr: int) -> bool:
-        return self._region(addr) is not None or any(lo <= addr < hi for lo, hi in self._anon_exec) \
+        return self._region(addr) is not None or self._in_anon_exec(addr) \
             or self._perf_lookup(addr) is not None
 
     # ---- lookup --------------------------------------------------------------------------------
@@ -261,7 +261,7 @@ class Symbolizer:
         return any(lo <= addr < hi for lo, hi in self._anon_exec)
 
     def _perf_lookup(self, addr: int) -> str | None:
-        if not self._anon_exec or not any(lo <= addr < hi for lo, hi in self._anon_exec):
+        if not self._in_anon_exec(addr):
             return None
         if self._perf is None:
             self._perf = self._load_perf_map()

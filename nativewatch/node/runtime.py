@@ -26,19 +26,16 @@ from nativewatch.runtimes.base import (
     Runtime,
     detail_figure,
     detail_section,
+    starting_age,
 )
 from nativewatch.runtimes.claim import claim_ranges
 from nativewatch.sources.cgroup_memory import constrained_memory, parse_limit
 from nativewatch.sources.pagemap import Pagemap
 from nativewatch.sources.procmem import ProcMem
-from nativewatch.sources.procstat import process_age_s
 
 __all__ = ["NODE", "NodeRuntime"]
 
 SOURCE = "v8-pages"
-# sampled this soon after exec (soak's first sample of the command it started), V8 may not have
-# mapped its first page yet: said as such, not as an unknown V8
-_STARTING_S = 3.0
 _SPACES = ("old", "young", "large", "code")
 _LIBUV_1_45 = (20, 3, 0)  # the first Node whose libuv reads the process's own cgroup (v1 and v2)
 
@@ -120,8 +117,8 @@ class NodeRuntime(Runtime):
                             "access, CAP_SYS_PTRACE): the V8 heap counts as native")
             return Refinement(dict(base.categories), tuple(base.sources), tuple(problems), {"node": info})
         if not heap.chunks:
-            age = process_age_s(ctx.pid, ctx.proc_root)
-            if age is not None and age < _STARTING_S:
+            age = starting_age(ctx)
+            if age is not None:
                 problems.append(f"no V8 heap page yet: node started {age:.1f} s ago and may still be "
                                 "initialising; the V8 heap counts as native")
                 return Refinement(dict(base.categories), tuple(base.sources), tuple(problems), {"node": info})

@@ -17,9 +17,14 @@ from typing import Any
 from nativewatch.attribute import Attribution, ManagedHeap
 from nativewatch.model import Breakdown
 from nativewatch.sources.procfs import Mapping
+from nativewatch.sources.procstat import process_age_s
 
 __all__ = ["ProcessInfo", "RefineContext", "Refinement", "DetailGauge", "DetailTable", "Runtime", "detail_section",
-           "detail_figure"]
+           "detail_figure", "starting_age"]
+
+# A process sampled this soon after exec (soak's first sample of the command it started) may not have
+# made its managed heap yet: a runtime says so instead of "unknown build".
+STARTING_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,12 @@ class DetailGauge:
     label: str  # the label beside the process labels, e.g. "nmt_category"; "" for one series a process
     values: Callable[[dict[str, Any]], Iterable[tuple[str, float]]]
     counter: bool = False  # a monotonic total (rendered as a counter, `_total`) instead of a gauge
+
+
+def starting_age(ctx: RefineContext) -> float | None:
+    """The process's age in seconds when it started less than STARTING_S ago, else None."""
+    age = process_age_s(ctx.pid, ctx.proc_root)
+    return age if age is not None and age < STARTING_S else None
 
 
 def detail_section(details: dict[str, Any], section: str) -> dict[str, Any]:
