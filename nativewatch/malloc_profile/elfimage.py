@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import bisect
 import os
-import re
-import stat
 import threading
 import weakref
 from array import array
@@ -32,15 +30,14 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from nativewatch import cachestats
+from nativewatch.debugfiles import DEBUG_BUILD_ID_DIR, open_debug_file
+from nativewatch.debugfiles import build_id as _build_id
 
 __all__ = ["ElfImage", "NameTable", "Segment", "load_image", "image_for_fd"]
 
 _MAX_SYMBOLS = 2_000_000
 
 # The host's debug directory (separate debug files by build id). Never a path inside a target's root.
-DEBUG_BUILD_ID_DIR = "/usr/lib/debug/.build-id"
-_MAX_DEBUG_FILE_BYTES = 2 << 30
-_BUILD_ID = re.compile(r"[0-9a-f]{4,128}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,16 +192,6 @@ class ElfImage:
         return None
 
 
-def _build_id(elf: ELFFile) -> str:
-    for seg in elf.iter_segments():
-        if seg["p_type"] != "PT_NOTE":
-            continue
-        for note in seg.iter_notes():
-            if note["n_type"] == "NT_GNU_BUILD_ID":
-                return str(note["n_desc"])
-    return ""
-
-
 def load_image(f: BinaryIO, debug_dir: str | None = DEBUG_BUILD_ID_DIR) -> ElfImage:
     """Parse one ELF. Without a .symtab, function symbols also come from the separate debug file
     <debug_dir>/<xx>/<rest of build id>.debug when there is one (None: not looked for)."""
@@ -295,20 +282,13 @@ def _debug_symbols(build_id: str, segments: tuple[Segment, ...], debug_dir: str,
                    problems: list[str]) -> list[tuple[int, int, str]]:
     """Function symbols (start, end, name) of the separate debug file of `build_id` in the host's
     debug directory; [] when there is none or it does not match. Never raises."""
-    if not _BUILD_ID.fullmatch(build_id):
+    f = open_debug_file(build_id, debug_dir, problems)
+    if f is None:
         return []
-    path = os.path.join(debug_dir, build_id[:2], build_id[2:] + ".debug")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return []  # no debug file installed for it: the usual case
+    path = f.name
     out: list[tuple[int, int, str]] = []
     try:
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_DEBUG_FILE_BYTES:
-                problems.append(f"debug file {path}: not a regular file or too large, ignored")
-                return []
+        with f:
             elf = ELFFile(f)
             if _build_id(elf) != build_id:
                 problems.append(f"debug file {path}: build id differs, ignored")
