@@ -26,8 +26,19 @@
  * The target's thread group id is config[0] (set by user space, so the same loaded program can be
  * calibrated on a helper process first); 0 means no process.
  *
+ * Stack copies (STACK_COPY > 0, issue 11): code built without frame pointers (Debian's and RHEL's
+ * packages) makes the kernel's frame-pointer walk stop one frame above malloc. A sampled call then
+ * also copies up to STACK_COPY bytes of the user stack from the stack pointer, with the registers an
+ * unwinder starts from, into a ring buffer; user space unwinds that copy with the objects' CFI. Only
+ * sampled calls pay for it. Such an allocation is recorded under {STACK_COPIED, kind, sample id}
+ * instead of a kernel site, and user space groups them by the unwound stack; when the ring buffer is
+ * full the call keeps its frame-pointer site (C_COPY_LOST), so nothing is lost from the totals.
+ * A call whose stack matches a walk user space already did (the walks map) is not copied at all:
+ * it goes to that walk's site, {STACK_WALKED, kind, group}, in the sites map.
+ *
  * Compile-time knobs (-D): COMPAT_READ, INTERVAL (bytes, mean sampling interval), EXACT (1 = record
- * every allocation), MAX_ALLOCS, MAX_SITES, MAX_STACKS, and NEST_LO/NEST_HI: the text of the object
+ * every allocation), MAX_ALLOCS, MAX_SITES, MAX_STACKS, STACK_COPY and RING_PAGES (the ring buffer's
+ * size in pages, a power of two), and NEST_LO/NEST_HI: the text of the object
  * whose operator new is probed. malloc calls made from there are the inside of a `new` that was
  * already seen (libstdc++'s new calls malloc), so they are skipped instead of counted twice. */
 #include <uapi/linux/ptrace.h>
@@ -54,6 +65,15 @@
 #endif
 #ifndef MAX_STACKS
 #define MAX_STACKS 16384
+#endif
+#ifndef STACK_COPY
+#define STACK_COPY 0
+#endif
+#ifndef RING_PAGES
+#define RING_PAGES 1024
+#endif
+#ifndef MAX_WALKS
+#define MAX_WALKS 8192
 #endif
 
 struct site_key {
@@ -107,6 +127,48 @@ BPF_PERCPU_ARRAY(remaining, s64, 1);
 BPF_ARRAY(exp_table, u64, EXP_SLOTS);
 BPF_ARRAY(weight_table, u64, WEIGHT_SLOTS);
 BPF_ARRAY(skip_ranges, struct skip_range, MAX_SKIP_RANGES);
+#if STACK_COPY
+struct stack_event {
+    u32 type;       /* EV_SAMPLE */
+    u32 kind;
+    u64 id;         /* sample id: the `caller` of the allocation's site key */
+    u64 size;
+    u64 wbytes;     /* scaled-back bytes, as the kernel would have added them to a site */
+    u64 ts_ns;
+    u64 ip, sp, bp; /* at the allocator's entry: sp points at the return address */
+    u32 tid;
+    u32 copied;     /* bytes of stack[] that hold the stack from sp upwards */
+    u8 stack[STACK_COPY];
+};
+struct cancel_event {
+    u32 type;       /* EV_CANCEL */
+    u32 pad;
+    u64 id;
+};
+BPF_RINGBUF_OUTPUT(stack_events, RING_PAGES);
+BPF_ARRAY(sample_ids, u64, 1);
+
+/* Walks user space has unwound, by (ip, sp) at the allocator's entry. An unwind is a pure function of
+ * ip, sp, bp (when it used it) and the few stack words it read: when those words hold the same
+ * values again, the stack is that walk's and needs no copy. User space fills this map after each
+ * walk and empties it when the target's code mappings change. */
+struct walk_key {
+    u64 ip;
+    u64 sp;
+    u32 slot;    /* 0..WALK_SLOTS-1, filled in order */
+    u32 pad;
+};
+struct walk_val {
+    u32 group;   /* user space's stack group: the site key's caller */
+    u32 n;       /* words to check */
+    u32 use_bp;
+    u32 pad;
+    u64 bp;
+    u32 off[WALK_READS];  /* from sp */
+    u64 val[WALK_READS];
+};
+BPF_HASH(walks, struct walk_key, struct walk_val, MAX_WALKS);
+#endif
 #if EXACT
 /* operator delete often ends in a tail call to free: the second release of the same pointer on the
  * same thread is that, not an unmatched free */
@@ -234,6 +296,124 @@ static __always_inline u32 target_tid(void)
     return (u32)id;
 }
 
+/* A copied sample whose call failed: user space takes back what the event added. */
+static __always_inline void cancel(struct site_key *site)
+{
+#if STACK_COPY
+    if (site->stackid != STACK_COPIED)
+        return;
+    struct cancel_event *c = stack_events.ringbuf_reserve(sizeof(struct cancel_event));
+    if (!c)
+        return;  /* the allocation was never recorded: only its allocated total is one sample high */
+    c->type = EV_CANCEL;
+    c->pad = 0;
+    c->id = site->caller;
+    stack_events.ringbuf_submit(c, 0);
+#endif
+}
+
+#if STACK_COPY
+/* A walk's words hold the same values in this call's stack. */
+static __always_inline int walk_matches(struct pt_regs *ctx, struct walk_val *w, u64 sp)
+{
+    if (w->use_bp && w->bp != PT_REGS_FP(ctx))
+        return 0;
+    u32 n = w->n;
+    /* a bounded loop (kernel >= 5.3; this path needs 5.8 for the ring buffer anyway) */
+    for (u32 i = 0; i < WALK_READS; i++) {
+        if (i >= n)
+            break;
+        u32 j = i;
+        asm volatile("" : "+r"(j));  /* keeps clang from turning the index into a pointer walk the verifier cannot bound */
+        j &= WALK_READS - 1;
+        u64 v = 0;
+        u32 off = w->off[j];
+        if (off > STACK_COPY - 8)
+            return 0;
+        if (read_user(&v, sizeof(v), (void *)(sp + off)) != 0 || v != w->val[j])
+            return 0;
+    }
+    return 1;
+}
+
+/* The stack matches a walk user space already unwound: the site is that walk's group. Different
+ * call paths can reach the allocator with the same (ip, sp) (two callers with equal frame sizes):
+ * each (ip, sp) has WALK_SLOTS walks. */
+static __always_inline int known_walk(struct pt_regs *ctx, struct site_key *site)
+{
+    struct walk_key k = {};
+    k.ip = PT_REGS_IP(ctx);
+    k.sp = PT_REGS_SP(ctx);
+    for (u32 slot = 0; slot < WALK_SLOTS; slot++) {
+        k.slot = slot;
+        struct walk_val *w = walks.lookup(&k);
+        if (!w)
+            return 0;
+        if (walk_matches(ctx, w, k.sp)) {
+            site->stackid = STACK_WALKED;
+            site->caller = w->group;
+            count(C_WALK_KNOWN);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Copy the user stack from sp into e->stack: all of it when STACK_COPY bytes are readable, else as
+ * many whole pages as are (the main thread's stack ends at the top of its mapping). Returns 0 when
+ * the site should keep its frame-pointer stack instead. */
+static __always_inline int copy_stack(struct pt_regs *ctx, u32 tid, u32 kind, u64 size, struct site_key *site)
+{
+    struct stack_event *e = stack_events.ringbuf_reserve(sizeof(struct stack_event));
+    if (!e) {
+        count(C_COPY_LOST);
+        return 0;
+    }
+    u64 sp = PT_REGS_SP(ctx);
+    u32 copied = STACK_COPY;
+    if (read_user(e->stack, STACK_COPY, (void *)sp) != 0) {
+        copied = 0;
+        u64 first = 4096 - (sp & 4095);
+#pragma unroll
+        for (int i = STACK_COPY / 4096; i >= 0; i--) {
+            u64 len = first + (u64)i * 4096;
+            if (len > STACK_COPY)
+                continue;
+            if (read_user(e->stack, len, (void *)sp) == 0) {
+                copied = len;
+                break;
+            }
+        }
+    }
+    if (copied < 8) {
+        stack_events.ringbuf_discard(e, 0);
+        return 0;
+    }
+    u32 zero = 0;
+    u64 *next = sample_ids.lookup(&zero);
+    if (!next) {
+        stack_events.ringbuf_discard(e, 0);
+        return 0;
+    }
+    u64 id = __sync_fetch_and_add(next, 1) + 1;
+    e->type = EV_SAMPLE;
+    e->kind = kind;
+    e->id = id;
+    e->size = size;
+    e->wbytes = scaled_bytes(size);
+    e->ts_ns = bpf_ktime_get_ns();
+    e->ip = PT_REGS_IP(ctx);
+    e->sp = sp;
+    e->bp = PT_REGS_FP(ctx);
+    e->tid = tid;
+    e->copied = copied;
+    stack_events.ringbuf_submit(e, 0);
+    site->stackid = STACK_COPIED;
+    site->caller = id;
+    return 1;
+}
+#endif
+
 /* Return half. `every_call`: this program runs after every allocating call (not only sampled ones),
  * so a missing record is the normal case, not a lost event. */
 static __always_inline int alloc_return(struct pt_regs *ctx, u32 tid, int every_call)
@@ -253,24 +433,29 @@ static __always_inline int alloc_return(struct pt_regs *ctx, u32 tid, int every_
     u64 ptr = PT_REGS_RC(ctx);
     if (pv.site.kind == K_POSIX_MEMALIGN) {
         if (ptr != 0)
-            return 0;
-        ptr = 0;
-        read_user(&ptr, sizeof(ptr), (void *)pv.memptr);
+            ptr = 0;  /* an error number: failed */
+        else
+            read_user(&ptr, sizeof(ptr), (void *)pv.memptr);
     }
-    if (ptr == 0 || ptr >= (u64)-4095)
+    if (ptr == 0 || ptr >= (u64)-4095) {
+        cancel(&pv.site);
         return 0;
+    }
 
     u64 wbytes = scaled_bytes(pv.size);
     u64 wcount = pv.size ? (wbytes << FX_SHIFT) / pv.size : (1ULL << FX_SHIFT);
 
-    struct site_val zero = {};
-    struct site_val *s = sites.lookup_or_try_init(&pv.site, &zero);
-    if (!s) {
-        count(C_SITES_FULL);
-        return 0;
+    struct site_val *s = 0;
+    if (pv.site.stackid != STACK_COPIED) {
+        struct site_val zero = {};
+        s = sites.lookup_or_try_init(&pv.site, &zero);
+        if (!s) {
+            count(C_SITES_FULL);
+            return 0;
+        }
+        __sync_fetch_and_add(&s->alloc_bytes, wbytes);
+        __sync_fetch_and_add(&s->alloc_count_fx, wcount);
     }
-    __sync_fetch_and_add(&s->alloc_bytes, wbytes);
-    __sync_fetch_and_add(&s->alloc_count_fx, wcount);
 
     /* An address still present means its free was missed: retire the old record first. */
     release(ptr, 0);
@@ -284,8 +469,10 @@ static __always_inline int alloc_return(struct pt_regs *ctx, u32 tid, int every_
         count(C_MAP_FULL);
         return 0;
     }
-    __sync_fetch_and_add(&s->out_bytes, (s64)wbytes);
-    __sync_fetch_and_add(&s->out_count_fx, (s64)wcount);
+    if (s) {
+        __sync_fetch_and_add(&s->out_bytes, (s64)wbytes);
+        __sync_fetch_and_add(&s->out_count_fx, (s64)wcount);
+    }
     return 0;
 }
 
@@ -358,9 +545,14 @@ static __always_inline int alloc_entry(struct pt_regs *ctx, u32 tid, u32 kind)
     struct pending_val pv = {};
     pv.site.kind = kind;
     pv.site.caller = caller;
-    pv.site.stackid = stacks.get_stackid(ctx, BPF_F_USER_STACK);
-    if (pv.site.stackid < 0)
-        count(C_STACK_LOST);
+#if STACK_COPY
+    if (!known_walk(ctx, &pv.site) && !copy_stack(ctx, tid, kind, size, &pv.site))
+#endif
+    {
+        pv.site.stackid = stacks.get_stackid(ctx, BPF_F_USER_STACK);
+        if (pv.site.stackid < 0)
+            count(C_STACK_LOST);
+    }
     pv.size = size;
     pv.memptr = memptr;
     pv.ts_ns = bpf_ktime_get_ns();

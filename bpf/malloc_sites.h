@@ -26,7 +26,9 @@
 #define C_SITES_FULL 4    /* sites map full */
 #define C_SAMPLED 5       /* sampled allocations */
 #define C_SKIPPED_MMAP 6  /* mmaps made by the allocator or libc themselves (not counted twice) */
-#define N_COUNTERS 8
+#define C_COPY_LOST 7     /* stack copy wanted but the ring buffer was full: the site keeps the FP stack */
+#define C_WALK_KNOWN 8    /* sampled calls whose stack matched a walk user space had unwound (no copy) */
+#define N_COUNTERS 9
 
 /* hits[] slots (per CPU): probe hits, for the cost governor */
 #define H_ALLOC 0   /* allocating entry points */
@@ -39,5 +41,17 @@
 #define EXP_SLOTS 1024
 #define FX_SHIFT 16       /* fixed point for scaled counts */
 #define MAX_SKIP_RANGES 16
+
+/* Stack copies (STACK_COPY > 0): a sampled allocation whose stack was copied is tracked under the
+ * site key {stackid = STACK_COPIED, kind, caller = sample id}; user space unwinds the copy and
+ * aggregates those itself (they never enter the sites map). */
+#define STACK_COPIED (-1000)
+/* {stackid = STACK_WALKED, kind, caller = group}: the stack is one user space already unwound (the
+ * walks map said so); such sites live in the sites map like frame-pointer ones. */
+#define STACK_WALKED (-1001)
+#define WALK_READS 32  /* stack words a remembered walk may depend on */
+#define WALK_SLOTS 4   /* remembered walks per (ip, sp) */
+#define EV_SAMPLE 1   /* struct stack_event */
+#define EV_CANCEL 2   /* struct cancel_event: the sampled call failed (NULL, MAP_FAILED) */
 
 #endif

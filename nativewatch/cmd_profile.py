@@ -17,7 +17,12 @@ from nativewatch.malloc_profile.governor import DEFAULT_MAX_OVERHEAD, parse_over
 from nativewatch.malloc_profile.pprof import write_pprof
 from nativewatch.malloc_profile.resolve import resolve
 from nativewatch.malloc_profile.result import ProfileResult
-from nativewatch.malloc_profile.runner import DEFAULT_INTERVAL, run_profile
+from nativewatch.malloc_profile.runner import (
+    DEFAULT_INTERVAL,
+    DEFAULT_STACK_COPY,
+    run_profile,
+    supports_stack_copy,
+)
 from nativewatch.units import human_bytes
 
 
@@ -27,7 +32,8 @@ def render_text(r: ProfileResult, top: int) -> str:
                 if r.sampling_interval_bytes else "")
              + (" (target exited)" if r.target_exited else "")
              + (f", attached via {r.via}" if r.via else "")
-             + (f"; Java frames: {r.java_frames}" if r.java_frames else ""),
+             + (f"; Java frames: {r.java_frames}" if r.java_frames else "")
+             + (f"; stacks: {r.stacks['method']}" if r.stacks else ""),
              f"outstanding: {human_bytes(r.total_outstanding_bytes)} in {len(r.sites)} sites; lost: "
              + ", ".join(f"{k}={v}" for k, v in r.lost.items()),
              f"{'OUTSTANDING':>12} {'COUNT':>9} {'ALLOCATED':>12} {'AGE':>8}  SITE"]
@@ -61,10 +67,14 @@ def render_text(r: ProfileResult, top: int) -> str:
 @click.option("--top", type=int, default=20, show_default=True, help="Rows in the table.")
 @click.option("--jvm/--no-jvm", "jvm", default=True, show_default=True,
               help="Ask a HotSpot JVM (JDK 17+) for its perf map through attach, so JIT frames are named.")
+@click.option("--stack-copy", type=SIZE, default=str(DEFAULT_STACK_COPY), show_default=True,
+              help="Bytes of user stack copied per sampled allocation and unwound with the binaries' CFI, "
+                   "so code built without frame pointers gets whole stacks (0: frame pointers only).")
 @click.option("--proc-root", default="/proc", show_default=True, hidden=True)
 @click.option("--dump-bpf", is_flag=True, hidden=True, help="Print the final BPF program and exit.")
 def command(pid: int, duration: float, as_json: bool, output: str | None, mode: str, interval: int,
-            via: str | None, max_overhead: str, top: int, jvm: bool, proc_root: str, dump_bpf: bool) -> None:
+            via: str | None, max_overhead: str, top: int, jvm: bool, stack_copy: int, proc_root: str,
+            dump_bpf: bool) -> None:
     """Outstanding malloc/mmap memory by call stack (sites sorted by bytes, with age)."""
     if pid <= 0:
         fail(f"invalid pid: {pid}")
@@ -72,14 +82,16 @@ def command(pid: int, duration: float, as_json: bool, output: str | None, mode: 
         fail("duration must be positive")
     try:
         budget = parse_overhead(max_overhead)
-        defines = probes.build_defines(mode=mode, interval_bytes=interval, rung=via or "session")
+        defines = probes.build_defines(mode=mode, interval_bytes=interval, rung=via or "session",
+                                       stack_copy=stack_copy if supports_stack_copy(via or "session") else 0)
     except ValueError as exc:
         fail(str(exc))
     if dump_bpf:
         try:  # with the target's C++ nest range when it can be resolved
             plan = resolve(pid, proc_root)
             defines = probes.build_defines(mode=mode, interval_bytes=interval, nest_range=plan.nest_range,
-                                           rung=via or "session")
+                                           rung=via or "session",
+                                           stack_copy=stack_copy if supports_stack_copy(via or "session") else 0)
         except (ProcessGone, AccessDenied, SourceUnavailable):
             pass
         click.echo(probes.dump_source(defines))
@@ -93,7 +105,8 @@ def command(pid: int, duration: float, as_json: bool, output: str | None, mode: 
 
     try:
         result = run_profile(pid, duration, mode=mode, interval_bytes=interval, stop=stop, proc_root=proc_root,
-                             on_attached=attached, via=via, max_overhead=budget, jvm_attach=jvm)
+                             on_attached=attached, via=via, max_overhead=budget, jvm_attach=jvm,
+                             stack_copy=stack_copy)
     except (ProcessGone, AccessDenied) as exc:
         pid_errors(pid, exc)
     except SourceUnavailable as exc:

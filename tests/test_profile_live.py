@@ -75,7 +75,8 @@ def start(binary: Path, *, env: dict[str, str] | None = None, argv: list[str] | 
 
 def profile_while(target: Target, commands: list[str], *, mode: str, interval: int = SAMPLED_INTERVAL,
                   duration: float = 120.0, stop_after: bool = True,
-                  max_allocs: int | None = None, via: str | None = None) -> tuple[ProfileResult, list[str]]:
+                  max_allocs: int | None = None, via: str | None = None,
+                  stack_copy: int | None = None) -> tuple[ProfileResult, list[str]]:
     """Attach, then run the commands in the target, then stop the profile: returns the result and
     the target's replies (its ground truth)."""
     replies: list[str] = []
@@ -95,8 +96,10 @@ def profile_while(target: Target, commands: list[str], *, mode: str, interval: i
     t.start()
     try:
         # no cost limit: these tests check accuracy on deliberately allocation-heavy loops
+        extra = {} if stack_copy is None else {"stack_copy": stack_copy}
         result = run_profile(target.pid, duration, mode=mode, interval_bytes=interval, stop=stop,
-                             on_attached=attached.set, max_allocs=max_allocs, max_overhead=None, via=via)
+                             on_attached=attached.set, max_allocs=max_allocs, max_overhead=None, via=via,
+                             **extra)
     finally:
         stop.set()
         t.join(60)
@@ -119,12 +122,18 @@ def site(result: ProfileResult, func: str):
 def check_leak(result: ProfileResult, leaked: int, *, exact: bool) -> None:
     top = result.sites[0]
     assert top.frames[0].startswith("leaky_cache_insert ("), [s.frames for s in result.sites[:3]]
+    # A burst faster than stack copies are unwound leaves some calls with only their frame-pointer
+    # stack (counted in stack_copies_lost): the function's bytes are then split over two sites.
+    same = [s for s in result.sites if s.frames[0].startswith("leaky_cache_insert (")]
+    if len(same) > 1:
+        assert result.lost.get("stack_copies_lost", 0) > 0, [s.frames for s in same]
+    held = sum(s.outstanding_bytes for s in same)
     if exact:
-        assert top.outstanding_bytes == leaked
+        assert held == leaked
         assert result.lost["events"] == 0 and result.lost["map_full"] == 0
         assert result.lost["unmatched_frees"] == 0
     else:
-        assert abs(top.outstanding_bytes - leaked) <= 0.15 * leaked, (top.outstanding_bytes, leaked)
+        assert abs(held - leaked) <= 0.15 * leaked, (held, leaked)
     churn = site(result, "churn_work")
     assert churn is not None and churn.allocated_bytes > leaked  # seen, and it allocates a lot ...
     assert churn.outstanding_bytes <= 0.01 * leaked  # ... but holds nothing
@@ -195,7 +204,8 @@ def test_threads_allocating_concurrently_are_matched_per_thread(bpf_available):
     try:
         result, replies = profile_while(target, ["par 1500"], mode="exact")
         check_leak(result, truth(replies[0], "leaked"), exact=True)
-        assert result.sites[0].outstanding_allocations == 6000
+        same = [s for s in result.sites if s.frames[0].startswith("leaky_cache_insert (")]
+        assert sum(s.outstanding_allocations for s in same) == 6000
         sampled, replies = profile_while(target, ["par 2000"], mode="sampled")
         check_leak(sampled, truth(replies[0], "leaked"), exact=False)
     finally:

@@ -8,8 +8,11 @@ never loads while reading and the CLI can print the final program (--dump-bpf) w
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
-from collections.abc import Iterator
+import struct
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,13 +29,14 @@ from nativewatch.sources import bpf as bpfload
 
 __all__ = ["PROGRAM", "build_defines", "dump_source", "load", "attach", "detach", "Loaded",
            "RawSite", "read_counters", "read_sites", "read_oldest", "read_stack", "read_hits", "reset",
-           "COUNTER_NAMES", "HIT_NAMES"]
+           "COUNTER_NAMES", "HIT_NAMES", "StackEvent", "CopiedAlloc", "open_events", "drain_events", "poll_events",
+           "read_live", "STACK_COPIED", "STACK_WALKED", "remember_walk", "forget_walks"]
 
 PROGRAM = "malloc_sites.c"
 
 # counters[] slots in bpf/malloc_sites.h
 COUNTER_NAMES = ("events_lost", "map_full", "unmatched_frees", "stack_lost", "sites_full", "sampled",
-                 "skipped_mmaps")
+                 "skipped_mmaps", "copies_lost", "walks_known")
 # hits[] slots in bpf/malloc_sites.h
 HIT_NAMES = ("alloc", "free", "return")
 
@@ -40,10 +44,30 @@ HIT_NAMES = ("alloc", "free", "return")
 # the default interval. Exact: 262144 live blocks (~25 MiB of kernel memory); beyond, map_full counts.
 DEFAULT_MAX_ALLOCS = {"sampled": 65536, "exact": 262144}
 
+# Stack copies: bounded by the ring buffer's record limit and by what one BPF program may hold.
+MIN_STACK_COPY = 512
+MAX_STACK_COPY = 65536
+# The ring buffer holds this many copies in flight between two drains (user space drains as events
+# arrive and unwinds ~20,000-35,000 stacks a second). Sampled: 500 is far above what byte sampling
+# picks at any interval worth using. Exact mode copies every call: 4,000 absorbs a burst; beyond,
+# calls keep their frame-pointer stack (counted in copies_lost) and the totals stay exact. The ring
+# is kernel memory: capped at 64 MiB.
+RING_RECORDS = {"sampled": 500, "exact": 4000}
+_MAX_RING_PAGES = 16384
+
+
+def ring_pages_for(stack_copy: int, mode: str) -> int:
+    want = (RING_RECORDS[mode] * (stack_copy + 128) + 4095) // 4096
+    pages = 16
+    while pages < want and pages < _MAX_RING_PAGES:
+        pages *= 2
+    return pages
+
 
 def build_defines(*, mode: str, interval_bytes: int, max_allocs: int | None = None,
                   max_sites: int = 16384, max_stacks: int = 8192,
-                  nest_range: tuple[int, int] | None = None, rung: str = "session") -> dict[str, int | str]:
+                  nest_range: tuple[int, int] | None = None, rung: str = "session",
+                  stack_copy: int = 0, ring_pages: int = 0) -> dict[str, int | str]:
     if mode not in ("sampled", "exact"):
         raise ValueError(f"mode must be 'sampled' or 'exact', not {mode!r}")
     if mode == "sampled" and interval_bytes < sampling.WEIGHT_STEPS:
@@ -58,7 +82,20 @@ def build_defines(*, mode: str, interval_bytes: int, max_allocs: int | None = No
         "MAX_ALLOCS": int(max_allocs or DEFAULT_MAX_ALLOCS[mode]),
         "MAX_SITES": int(max_sites),
         "MAX_STACKS": int(max_stacks),
+        **_stack_copy_defines(stack_copy, ring_pages or ring_pages_for(stack_copy, mode)),
     }
+
+
+def _stack_copy_defines(stack_copy: int, ring_pages: int) -> dict[str, int | str]:
+    if stack_copy == 0:
+        return {}
+    if not MIN_STACK_COPY <= stack_copy <= MAX_STACK_COPY or stack_copy % 8:
+        raise ValueError(f"stack copy must be 0 (off) or a multiple of 8 from {MIN_STACK_COPY} to "
+                         f"{MAX_STACK_COPY} bytes, not {stack_copy}")
+    pages = ring_pages
+    if pages & (pages - 1) or pages < 16:
+        raise ValueError(f"ring buffer pages must be a power of two >= 16, not {pages}")
+    return {"STACK_COPY": int(stack_copy), "RING_PAGES": int(pages)}
 
 
 def dump_source(defines: dict[str, int | str]) -> str:
@@ -73,6 +110,8 @@ class Loaded:
     links: list[int]  # link or perf event fds
     interval_bytes: int
     mode: str
+    stack_copy: int = 0  # bytes of user stack copied per sampled allocation (0: frame pointers only)
+    events_open: bool = False
 
 
 # (function, expected attach type) each rung needs; the perf rung's per-kind programs are added
@@ -98,7 +137,7 @@ def _program(loaded: Loaded, name: str, attach_type: int = -1) -> int:
 
 def load(defines: dict[str, int | str], *, mode: str, interval_bytes: int, rung: str) -> Loaded:
     bpf = bpfload.load_bpf(PROGRAM, defines)
-    loaded = Loaded(bpf, rung, {}, [], interval_bytes, mode)
+    loaded = Loaded(bpf, rung, {}, [], interval_bytes, mode, int(defines.get("STACK_COPY", 0)))
     try:
         for name, attach_type in _RUNG_PROGRAMS[rung]:
             _program(loaded, name, attach_type)
@@ -134,7 +173,7 @@ def set_target(loaded: Loaded, pid: int) -> None:
 
 def reset(loaded: Loaded) -> None:
     """Forget everything recorded so far (after a calibration run on a helper process)."""
-    for name in (b"allocs", b"sites", b"pending", b"counters", b"hits"):
+    for name in (b"allocs", b"sites", b"pending", b"counters", b"hits") + ((b"walks",) if loaded.stack_copy else ()):
         with contextlib.suppress(Exception):
             loaded.bpf[name].clear()
     # stack ids are only referenced from sites, which are gone; the table itself is left as is
@@ -231,20 +270,146 @@ def read_sites(loaded: Loaded) -> list[RawSite]:
 
 def read_oldest(loaded: Loaded) -> dict[tuple[int, int, int], int]:
     """Oldest outstanding allocation's timestamp (CLOCK_MONOTONIC ns) per site key."""
+    return read_live(loaded)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class CopiedAlloc:
+    """A live sampled allocation whose stack was copied (its site is the unwound stack of event `id`)."""
+    id: int
+    kind: int
+    wbytes: int
+    wcount: float
+    ts_ns: int
+
+
+def read_live(loaded: Loaded) -> tuple[dict[tuple[int, int, int], int], list[CopiedAlloc]]:
+    """One pass over the live allocations: the oldest timestamp per kernel site key, and every live
+    allocation whose stack was copied."""
     oldest: dict[tuple[int, int, int], int] = {}
+    copied: list[CopiedAlloc] = []
+    one = float(1 << sampling.FX_SHIFT)
     for _, v in _items(loaded.bpf[b"allocs"]):
-        key = (int(v.site.stackid), int(v.site.kind), int(v.site.caller))
+        site = v.site
         ts = int(v.ts_ns)
+        if site.stackid == STACK_COPIED:
+            copied.append(CopiedAlloc(int(site.caller), int(site.kind), int(v.wbytes), v.wcount_fx / one, ts))
+            continue
+        key = (int(site.stackid), int(site.kind), int(site.caller))
         if key not in oldest or ts < oldest[key]:
             oldest[key] = ts
-    return oldest
+    return oldest, copied
 
 
 def _items(table: Any) -> Iterator[tuple[Any, Any]]:
+    # the batch syscall reads thousands of entries per call instead of two syscalls per entry
+    try:
+        yield from table.items_lookup_batch()
+        return
+    except Exception:  # noqa: BLE001 - old kernels/bcc without batch ops: walk key by key
+        pass
     try:
         yield from table.items()
     except KeyError:  # an entry deleted while iterating
         return
+
+
+# ---- stack copies (STACK_COPY > 0) -------------------------------------------------------------
+STACK_COPIED = -1000  # bpf/malloc_sites.h
+STACK_WALKED = -1001
+WALK_READS = 32
+WALK_SLOTS = 4
+_EV_SAMPLE, _EV_CANCEL = 1, 2
+_EVENT_HEADER = struct.Struct("<IIQQQQQQQII")  # struct stack_event up to stack[]
+_CANCEL = struct.Struct("<IIQ")
+
+
+@dataclass(frozen=True, slots=True)
+class StackEvent:
+    id: int
+    kind: int
+    size: int
+    wbytes: int
+    ts_ns: int
+    ip: int
+    sp: int
+    bp: int
+    tid: int
+    stack: bytes  # the user stack from sp upwards
+
+
+def parse_event(data: bytes) -> StackEvent | int | None:
+    """A ring buffer record: a StackEvent, a cancelled sample's id (int), or None if malformed."""
+    if len(data) >= _EVENT_HEADER.size:
+        (etype, kind, eid, size, wbytes, ts, ip, sp, bp, tid, copied) = _EVENT_HEADER.unpack_from(data)
+        if etype == _EV_SAMPLE:
+            copied = min(copied, len(data) - _EVENT_HEADER.size)
+            return StackEvent(eid, kind, size, wbytes, ts, ip, sp, bp, tid,
+                              bytes(data[_EVENT_HEADER.size:_EVENT_HEADER.size + copied]))
+    if len(data) >= _CANCEL.size:
+        etype, _, eid = _CANCEL.unpack_from(data)
+        if etype == _EV_CANCEL:
+            return int(eid)
+    return None
+
+
+def open_events(loaded: Loaded, on_event: Callable[[StackEvent | int], None]) -> bool:
+    """Deliver stack-copy events to on_event from drain_events(). False when the program was built
+    without stack copies."""
+    if not loaded.stack_copy:
+        return False
+
+    def callback(_ctx: Any, data: Any, size: int) -> int:
+        ev = parse_event(ctypes.string_at(data, size))
+        if ev is not None:
+            on_event(ev)
+        return 0
+
+    loaded.bpf[b"stack_events"].open_ring_buffer(callback)
+    loaded.events_open = True
+    return True
+
+
+def poll_events(loaded: Loaded, timeout_s: float) -> None:
+    """Wait up to timeout_s for events, running the callback for each as it arrives."""
+    if loaded.events_open:
+        loaded.bpf.ring_buffer_poll(max(0, int(timeout_s * 1000)))
+    else:
+        time.sleep(timeout_s)
+
+
+def remember_walk(loaded: Loaded, ip: int, sp: int, slot: int, bp: int | None,
+                  reads: list[tuple[int, int]], group: int) -> bool:
+    """Tell the BPF side that a stack at (ip, sp) whose words at `reads` (offset from sp, value) hold
+    those values is group `group` (and so needs no copy); `slot` (< WALK_SLOTS) is which of the walks
+    at (ip, sp) this is, filled in order. False when it cannot be remembered there."""
+    if not loaded.stack_copy or len(reads) > WALK_READS or not 0 <= slot < WALK_SLOTS:
+        return False
+    walks = loaded.bpf[b"walks"]
+    k = walks.Key()
+    k.ip, k.sp, k.slot = ip, sp, slot
+    v = walks.Leaf()
+    v.group, v.n = group, len(reads)
+    v.use_bp, v.bp = (0, 0) if bp is None else (1, bp)
+    for i, (off, val) in enumerate(reads):
+        v.off[i], v.val[i] = off, val
+    try:
+        walks[k] = v
+    except Exception:  # noqa: BLE001 - bcc raises a bare Exception when the map is full
+        return False
+    return True
+
+
+def forget_walks(loaded: Loaded) -> None:
+    if loaded.stack_copy:
+        with contextlib.suppress(Exception):
+            loaded.bpf[b"walks"].clear()
+
+
+def drain_events(loaded: Loaded) -> None:
+    """Run the event callback for everything in the ring buffer now (never blocks)."""
+    if loaded.events_open:
+        loaded.bpf.ring_buffer_consume()
 
 
 def read_stack(loaded: Loaded, stackid: int) -> list[int]:

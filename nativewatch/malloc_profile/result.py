@@ -57,6 +57,7 @@ class ProfileResult:
     via: str = ""                   # attach rung: session | multi | perf
     overhead: dict[str, Any] | None = None  # governor.OverheadReport.to_json()
     java_frames: str | None = None  # JVMs: how JIT frames were named ("Compiler.perfmap"), or why not
+    stacks: dict[str, Any] | None = None  # how stacks were taken: frame pointers, or copy + CFI and its figures
 
     @property
     def stopped_early(self) -> str | None:
@@ -79,6 +80,7 @@ class ProfileResult:
             "start_time": self.start_time,
             "problems": list(self.problems),
             "java_frames": self.java_frames,
+            "stacks": self.stacks,
         }
 
     @classmethod
@@ -93,7 +95,8 @@ class ProfileResult:
                    start_time=float(d.get("start_time", 0.0)),
                    problems=tuple(str(p) for p in d.get("problems", [])), via=str(d.get("via", "")),
                    overhead=dict(d["overhead"]) if isinstance(d.get("overhead"), dict) else None,
-                   java_frames=str(d["java_frames"]) if isinstance(d.get("java_frames"), str) else None)
+                   java_frames=str(d["java_frames"]) if isinstance(d.get("java_frames"), str) else None,
+                   stacks=dict(d["stacks"]) if isinstance(d.get("stacks"), dict) else None)
 
     @property
     def total_outstanding_bytes(self) -> int:

@@ -16,6 +16,7 @@ from nativewatch.errors import ProcessGone, SourceUnavailable
 from nativewatch.malloc_profile import probes
 from nativewatch.malloc_profile.attach import choose_rung
 from nativewatch.malloc_profile.calibrate import measure_costs
+from nativewatch.malloc_profile.copied import CopiedSites
 from nativewatch.malloc_profile.governor import DEFAULT_MAX_OVERHEAD, Governor
 from nativewatch.malloc_profile.javaperfmap import PerfMapWriter
 from nativewatch.malloc_profile.resolve import resolve
@@ -27,6 +28,8 @@ from nativewatch.sources.procfs import read_status
 __all__ = ["run_profile", "DEFAULT_INTERVAL"]
 
 DEFAULT_INTERVAL = 524288
+# perf record --call-graph dwarf's default too; see the README's cost table for the measurement
+DEFAULT_STACK_COPY = 8192
 GOVERNOR_TICK_S = 0.1
 _SiteKey = tuple[int, int, int]
 
@@ -45,10 +48,57 @@ def _thread_group(pid: int, proc_root: str) -> int:
 
 
 class _Collector:
-    def __init__(self, loaded: probes.Loaded, sym: Symbolizer) -> None:
+    def __init__(self, loaded: probes.Loaded, sym: Symbolizer, *, remember_walks: bool = True) -> None:
         self.loaded = loaded
         self.sym = sym
         self.frames: dict[_SiteKey, tuple[str, ...]] = {}
+        self.copies: CopiedSites | None = None
+        if loaded.stack_copy:
+            self.copies = CopiedSites(
+                sym.code_at, sym.refresh, lambda: sym.generation,
+                remember=(lambda ip, sp, slot, bp, reads, group: probes.remember_walk(loaded, ip, sp, slot, bp,
+                                                                                     reads, group))
+                if remember_walks else None,
+                forget=lambda: probes.forget_walks(loaded))
+            probes.open_events(loaded, self.copies.on_event)
+
+    def start(self) -> None:
+        """The real capture begins: whatever the calibration run left in the ring buffer is dropped."""
+        if self.copies is not None:
+            probes.drain_events(self.loaded)
+            self.copies.accepting = True
+
+    def drain(self) -> None:
+        if self.copies is not None:
+            probes.drain_events(self.loaded)
+
+    def wait(self, seconds: float, stop: threading.Event | None) -> bool:
+        """Sleep for `seconds`, unwinding stack copies as they arrive (so bursts do not fill the ring
+        buffer). True when `stop` was set."""
+        if self.copies is None:
+            if stop is not None:
+                return stop.wait(seconds)
+            time.sleep(seconds)
+            return False
+        end = time.monotonic() + seconds
+        while True:
+            if stop is not None and stop.is_set():
+                return True
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            probes.poll_events(self.loaded, min(left, 0.05))
+
+    def read(self, *, with_oldest: bool) -> tuple[list[probes.RawSite], dict[_SiteKey, int] | None]:
+        """Every site now: the kernel's (frame-pointer stacks) and the unwound copied ones."""
+        self.drain()
+        raw = probes.read_sites(self.loaded)
+        if self.copies is None:
+            return raw, probes.read_oldest(self.loaded) if with_oldest else None
+        oldest, live = probes.read_live(self.loaded)
+        copied, copied_oldest = self.copies.raw_sites(live)
+        oldest.update(copied_oldest)
+        return raw + copied, oldest if with_oldest else None
 
     def symbolize_new(self, raw: list[probes.RawSite]) -> None:
         for r in raw:
@@ -57,6 +107,10 @@ class _Collector:
                 self._symbolize(key)
 
     def _symbolize(self, key: _SiteKey) -> None:
+        if key[0] in (probes.STACK_COPIED, probes.STACK_WALKED) and self.copies is not None:
+            pcs, stop = self.copies.stack(key[2])
+            self.frames[key] = tuple(self.sym.stack_frames(pcs, stop)) or (f"[stack ends: {stop}]",)
+            return
         stack = probes.read_stack(self.loaded, key[0])
         self.frames[key] = tuple(self.sym.site_frames(key[2], stack)) or (f"0x{key[2]:x} (?)",)
 
@@ -104,10 +158,13 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
                 on_attached: Callable[[], None] | None = None, poll_s: float = 1.0,
                 state_directory: Path | None = None, max_allocs: int | None = None,
                 top_n_state: int = 10, via: str | None = None,
-                max_overhead: float | None = DEFAULT_MAX_OVERHEAD, jvm_attach: bool = False) -> ProfileResult:
+                max_overhead: float | None = DEFAULT_MAX_OVERHEAD, jvm_attach: bool = False,
+                stack_copy: int = DEFAULT_STACK_COPY, remember_walks: bool = True) -> ProfileResult:
     """Profile pid's outstanding native allocations for duration_s seconds (or until `stop` is set, the
     target exits, or the capture would cost the target more than `max_overhead` of a core; None: no
-    limit). `via` forces an attach rung. `jvm_attach` allows asking a verified HotSpot JVM for its perf
+    limit). `via` forces an attach rung. `stack_copy` bytes of user stack are copied per sampled
+    allocation and unwound with CFI (0: the kernel's frame-pointer walk only); `remember_walks` False
+    makes every sampled call copy its stack even when it repeats a walk (to measure what a copy costs). `jvm_attach` allows asking a verified HotSpot JVM for its perf
     map (javaperfmap) so JIT frames are named. Raises ProcessGone if pid is gone before attaching,
     SourceUnavailable if eBPF cannot be used."""
     if duration_s <= 0:
@@ -116,17 +173,19 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
     rung = choose_rung(via)
     plan = resolve(pid, proc_root)
     defines = probes.build_defines(mode=mode, interval_bytes=interval_bytes, max_allocs=max_allocs,
-                                   nest_range=plan.nest_range, rung=rung)
+                                   nest_range=plan.nest_range, rung=rung,
+                                   stack_copy=stack_copy if supports_stack_copy(rung) else 0)
     loaded = probes.load(defines, mode=mode, interval_bytes=interval_bytes, rung=rung)
     sym = Symbolizer(pid, proc_root, allocator_ranges=plan.allocator_ranges,
                      allocator_symbols=plan.allocator_symbols)
-    col = _Collector(loaded, sym)
+    col = _Collector(loaded, sym, remember_walks=remember_walks)
     java = PerfMapWriter(pid, proc_root, allowed=jvm_attach)
     exited = False
     state_problem: list[str] = []
     try:
         governor = Governor(max_overhead, measure_costs(loaded, plan, proc_root))
         try:
+            col.start()
             probes.attach(loaded, plan)
         except SourceUnavailable:
             if not _alive(pid, proc_root):
@@ -145,11 +204,9 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
             if left <= 0:
                 break
             wait = min(GOVERNOR_TICK_S, left, max(0.0, next_poll - now))
-            if stop is not None:
-                if stop.wait(wait):
-                    break
-            else:
-                time.sleep(wait)
+            if col.wait(wait, stop):
+                break
+            col.drain()
             if governor.observe(time.monotonic(), probes.read_hits(loaded)):
                 break
             if time.monotonic() < next_poll:
@@ -163,9 +220,10 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
             except ProcessGone:
                 exited = True
                 break
-            current = col.sites(probes.read_sites(loaded), None, time.monotonic_ns())
+            raw_now, _ = col.read(with_oldest=False)
+            current = col.sites(raw_now, None, time.monotonic_ns())
             if sym.is_jvm and col.name_java_frames(java):
-                current = col.sites(probes.read_sites(loaded), None, time.monotonic_ns())
+                current = col.sites(raw_now, None, time.monotonic_ns())
             try:
                 write_state(pid, [s.to_json() for s in current[:top_n_state]], started=wall0, mode=mode,
                             interval_bytes=interval_bytes if mode == "sampled" else 0,
@@ -177,8 +235,7 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
         elapsed = time.monotonic() - t0
         governor.observe(time.monotonic(), probes.read_hits(loaded))
         now_ns = time.monotonic_ns()
-        raw = probes.read_sites(loaded)
-        oldest = probes.read_oldest(loaded)
+        raw, oldest = col.read(with_oldest=True)
         counters = probes.read_counters(loaded)
         col.symbolize_new(raw)
         if sym.is_jvm and not exited and _alive(pid, proc_root):
@@ -189,11 +246,16 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
         sym.close()
         remove_state(pid, state_directory)
     lost = {"events": counters["events_lost"], "map_full": counters["map_full"] + counters["sites_full"],
-            "unmatched_frees": counters["unmatched_frees"], "stack_lost": counters["stack_lost"]}
+            "unmatched_frees": counters["unmatched_frees"], "stack_lost": counters["stack_lost"],
+            "stack_copies_lost": counters["copies_lost"]}
     overhead = governor.report()
     problems = list(plan.problems) + sym.problems + state_problem
     if overhead.stopped:
         problems.append(overhead.stopped)
+    if counters["copies_lost"]:
+        problems.append(f"{counters['copies_lost']} allocations kept only their frame-pointer stack: the "
+                        f"stack-copy ring buffer was full (allocation bursts faster than stacks are "
+                        f"unwound; sampled mode or a smaller --stack-copy copies fewer bytes)")
     if overhead.costs.source.startswith("default"):
         problems.append(f"probe cost not measured, assumed {overhead.costs.alloc_ns:.0f} ns a hit: "
                         f"{overhead.costs.source}")
@@ -205,4 +267,19 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
                          lost=lost, allocator=plan.provider, allocator_kind=plan.provider_kind,
                          target_exited=exited, sampled_allocations=counters["sampled"], start_time=wall0,
                          problems=tuple(problems), via=rung, overhead=overhead.to_json(),
-                         java_frames=(java.status or "no unnamed Java frames in the sites") if sym.is_jvm else None)
+                         java_frames=(java.status or "no unnamed Java frames in the sites") if sym.is_jvm else None,
+                         stacks=_stacks_report(loaded, col, counters))
+
+
+def supports_stack_copy(rung: str) -> bool:
+    """Stack copies travel through a BPF ring buffer (kernel 5.8); the perf rung serves older kernels."""
+    return rung != "perf"
+
+
+def _stacks_report(loaded: probes.Loaded, col: _Collector, counters: dict[str, int]) -> dict[str, object]:
+    if col.copies is None:
+        return {"method": "frame pointers", "stack_copy_bytes": 0}
+    # copied: unwound from a copy; known: matched a walk already done, in the kernel, with no copy
+    return {"method": "stack copy + CFI", "stack_copy_bytes": loaded.stack_copy,
+            "copied": col.copies.stats.stacks, "known": counters["walks_known"],
+            "copies_lost": counters["copies_lost"], "unwind": col.copies.stats.to_json(col.copies.stops)}

@@ -38,6 +38,8 @@ from nativewatch import cachestats
 from nativewatch.errors import ProcessGone
 from nativewatch.malloc_profile.elfimage import ElfImage, image_for_fd
 from nativewatch.sources.procfs import read_maps, read_status
+from nativewatch.unwind.tables import ObjectCfi, cfi_for_fd
+from nativewatch.unwind.unwinder import STOP_END, Code
 
 __all__ = ["JAVA_INTERPRETED", "JAVA_UNNAMED", "Symbolizer", "demangle", "open_in_root", "parse_perf_map"]
 
@@ -57,6 +59,8 @@ class _Region:
     inode: int = 0
     image: ElfImage | None = None
     loaded: bool = False
+    cfi: ObjectCfi | None = None
+    cfi_loaded: bool = False
 
 
 class Symbolizer:
@@ -76,6 +80,7 @@ class Symbolizer:
         self._perf_stale = False
         self._lock = threading.Lock()
         self.problems: list[str] = []
+        self.generation = 0  # changes whenever the set of code mappings does
         with contextlib.suppress(ProcessGone):
             self.refresh()
 
@@ -109,6 +114,8 @@ class Symbolizer:
                 self._problem(f"cannot open {m.path}: {exc.strerror}")
             new.append(_Region(m.start, m.end, m.offset, m.path, fd, m.inode))
         with self._lock:
+            if new or anon != self._anon_exec or len(current) != len(known):
+                self.generation += 1
             if not self.hold_files:
                 # Without held files an unmapped range cannot be re-read anyway: drop it, so a process
                 # that maps and unmaps code for its whole life keeps a bounded region list.
@@ -172,6 +179,42 @@ class Symbolizer:
             elif not self.hold_files:
                 r.image = self._image_on_demand(r)
         return r.image
+
+    def _cfi(self, r: _Region) -> ObjectCfi | None:
+        if r.cfi_loaded:
+            return r.cfi
+        r.cfi_loaded = True
+        if r.fd is not None:
+            fd, own = r.fd, False
+        elif not self.hold_files:
+            try:
+                fd, own = self._open_mapped(r.start, r.end), True
+            except OSError:
+                return None
+        else:
+            return None
+        try:
+            if own and r.inode and os.fstat(fd).st_ino != r.inode:
+                return None  # remapped since the maps line was read
+            r.cfi = cfi_for_fd(fd)
+        except OSError as exc:
+            self._problem(f"{r.path}: CFI not read: {exc.strerror}")
+        finally:
+            if own:
+                os.close(fd)
+        return r.cfi
+
+    def code_at(self, addr: int) -> Code | None:
+        """What an unwinder needs at addr: the object's CFI and its link-time offset, anonymous code
+        (no CFI), or None when nothing executable is mapped there."""
+        r = self._region(addr)
+        if r is None:
+            return Code(None, 0) if self._in_anon_exec(addr) else None
+        img = self._image(r)
+        vaddr = img.vaddr_of_offset(addr - r.start + r.offset) if img is not None else None
+        if vaddr is None:
+            return Code(None, 0)
+        return Code(self._cfi(r), vaddr - addr)
 
     def _image_on_demand(self, r: _Region) -> ElfImage | None:
         """Open the mapping's file only to parse it (or find it in the cache), then close it. The
@@ -255,6 +298,18 @@ class Symbolizer:
             kept.pop(0)
         names = demangle([n for n, _, _ in kept])
         return [f"{n} ({o})" for n, (_, o, _) in zip(names, kept, strict=True)]
+
+    def stack_frames(self, pcs: Sequence[int], stop: str = STOP_END) -> list[str]:
+        """Frames of an unwound stack (pcs[0] the exact sampled ip, the rest return addresses),
+        leading allocator frames trimmed; a walk that ended early ends in a frame saying why."""
+        kept = [self._raw_frame(a, i > 0) for i, a in enumerate(pcs)]
+        while len(kept) > 1 and kept[0][2]:
+            kept.pop(0)
+        names = demangle([n for n, _, _ in kept])
+        out = [f"{n} ({o})" for n, (_, o, _) in zip(names, kept, strict=True)]
+        if stop != STOP_END:
+            out.append(f"[stack ends: {stop}]")
+        return out
 
     # ---- JIT perf map --------------------------------------------------------------------------
     def _in_anon_exec(self, addr: int) -> bool:
