@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 ./scripts/setup-test-jdks.sh
 ./scripts/setup-test-node.sh
+./scripts/setup-test-servers.sh
 exec .venv/bin/python -m pytest -ra "$@"
