@@ -8,10 +8,11 @@ times so the JIT has compiled them. The JVM's own perf map, asked for through at
 Those JVMs run with -XX:+PreserveFramePointer, as JVMs profiled with perf often do: C2-compiled code
 otherwise keeps no frame pointer, and the frame-pointer walk ends at the first compiled frame. That
 frame is still named (tested without the flag), but it is the leaking method only when the JIT inlined
-the JDK's allocation path into it, which it decides run by run; unwinding compiled frames without a
-frame pointer is the stack-copy part of the issue, not built yet.
-What cannot be named must say what it is: `[java: interpreted]` under -Xint, `[java: code cache]`
-on JDK 11 (no Compiler.perfmap) and with --no-jvm (no attach), never a bare address.
+the JDK's allocation path into it, which it decides run by run (compiled frames have no CFI: the stack
+then ends with `[stack ends: no CFI]`).
+Under -Xint every Java frame is an interpreter frame: the Method* it holds (read from the stack copy)
+is named through the JVM's exported VMStructs. What cannot be named must say what it is: `[java: code
+cache]` on JDK 11 (no Compiler.perfmap) and with --no-jvm (no attach), never a bare address.
 """
 
 from __future__ import annotations
@@ -92,11 +93,23 @@ def test_without_preserved_frame_pointers_the_first_compiled_frame_is_named(bpf_
     assert jit and "[java: code cache] (jvm)" not in frames, frames
 
 
-def test_interpreted_frames_say_so(bpf_available):
-    doc = _profile(17, "siteunsafe", flags=("-Xint",))
+@pytest.mark.parametrize("major,step,method", [
+    (17, "siteunsafe", "SiteLeak.leakUnsafe"),
+    (17, "sitedirect", "SiteLeak.leakDirect"),
+    (21, "siteunsafe", "SiteLeak.leakUnsafe"),
+    (25, "sitedirect", "SiteLeak.leakDirect"),
+])
+def test_interpreted_methods_are_named_from_the_jvms_vmstructs(major, step, method, bpf_available):
+    """-Xint: every Java frame is an interpreter frame, the same interpreter code for every method; the
+    Method* each frame holds, read with the layout the JVM exports, names it. The whole stack, from
+    the JDK's own methods to the launcher."""
+    doc = _profile(major, step, flags=("-Xint",))
     frames = doc["sites"][0]["frames"]
-    assert doc["java_frames"] == "Compiler.perfmap"
-    assert "[java: interpreted] (jvm)" in frames and not any("SiteLeak" in f for f in frames), frames
+    assert f"{method} (interpreted)" in frames, frames
+    assert "NwDriver.main (interpreted)" in frames, frames
+    assert frames.index(f"{method} (interpreted)") < frames.index("NwDriver.main (interpreted)")
+    assert any(f.startswith("JavaMain (libjli.so)") for f in frames), frames
+    assert "[java: interpreted] (jvm)" not in frames[:frames.index("NwDriver.main (interpreted)")], frames
 
 
 @pytest.mark.parametrize("major,cli,why", [

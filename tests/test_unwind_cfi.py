@@ -227,3 +227,68 @@ def test_fuzz_unwinder_never_raises(copy, ip, bp, words):
 def test_load_cfi_of_garbage_is_a_problem_not_an_exception():
     cfi = load_cfi(io.BytesIO(b"\x7fELF" + b"\0" * 100), None)
     assert not cfi.has_cfi and cfi.problem
+
+
+class _FakeMem:
+    """A target's memory as one blob at 0x10000 (reads outside it fail, as unmapped ranges do)."""
+
+    BASE = 0x10000
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    def read(self, addr: int, size: int) -> bytes | None:
+        off = addr - self.BASE
+        if off < 0 or off + size > len(self.blob) or size <= 0:
+            return None
+        return self.blob[off:off + size]
+
+    def u64(self, addr: int) -> int | None:
+        raw = self.read(addr, 8)
+        return struct.unpack("<Q", raw)[0] if raw else None
+
+    def close(self) -> None:
+        pass
+
+
+def _names(blob: bytes):
+    from nativewatch.jvm.vmstructs import HotSpotLayout, JavaMethodNames
+
+    names = object.__new__(JavaMethodNames)
+    names.mem = _FakeMem(blob)  # type: ignore[assignment]
+    names.layout = HotSpotLayout(8, 8, 34, 24, 72, 24, 4, 6)  # JDK 17's, as read from its VMStructs
+    names.problem = ""
+    names._cache = __import__("collections").OrderedDict()
+    return names
+
+
+def test_java_method_name_from_a_hand_built_jvm_layout():
+    base = _FakeMem.BASE
+    blob = bytearray(0x1000)
+
+    def put(off: int, fmt: str, *v: int) -> None:
+        struct.pack_into(fmt, blob, off, *v)
+
+    def symbol(off: int, text: bytes) -> int:
+        put(off + 4, "<H", len(text))
+        blob[off + 6:off + 6 + len(text)] = text
+        return base + off
+
+    method, const_method, pool, klass = 0x100, 0x200, 0x300, 0x500
+    put(method + 8, "<Q", base + const_method)
+    put(const_method + 8, "<Q", base + pool)
+    put(const_method + 34, "<H", 5)
+    put(pool + 24, "<Q", base + klass)
+    put(pool + 72 + 8 * 5, "<Q", symbol(0x800, b"put"))
+    put(klass + 24, "<Q", symbol(0x900, b"com/example/Cache"))
+    names = _names(bytes(blob))
+    assert names.name(base + method) == "com.example.Cache.put"
+    assert names.name(base + method + 8) is None  # not a Method: its "fields" do not lead to names
+    assert names.name(0) is None and names.name(base + method + 1) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(blob=st.binary(min_size=0, max_size=4096), method=st.integers(min_value=0, max_value=(1 << 64) - 1))
+def test_fuzz_java_method_names_never_raise(blob, method):
+    name = _names(blob).name(method)
+    assert name is None or isinstance(name, str)

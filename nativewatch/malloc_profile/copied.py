@@ -63,8 +63,8 @@ class CopiedSites:
         self.generation = generation
         self._generation = generation()
         self.accepting = False  # events from the calibration run are dropped
-        self._groups: dict[tuple[tuple[int, ...], str, int], int] = {}
-        self._stacks: list[tuple[tuple[int, ...], str]] = []
+        self._groups: dict[tuple[tuple[int, ...], str, tuple[tuple[int, int], ...], int], int] = {}
+        self._stacks: list[tuple[tuple[int, ...], str, tuple[tuple[int, int], ...]]] = []
         self._alloc: list[list[float]] = []   # per group: [bytes, count]
         self._kinds: list[int] = []
         self._ids: dict[int, tuple[int, int, float]] = {}  # live-or-recent sample id -> (group, wbytes, wcount)
@@ -93,15 +93,15 @@ class CopiedSites:
         self.stats.frames += len(u.pcs)
         self.stats.fp_frames += u.fp_frames
         self.stops[u.stop] += 1
-        gkey = (u.pcs, u.stop, ev.kind)
+        gkey = (u.pcs, u.stop, u.methods, ev.kind)
         g = self._groups.get(gkey)
         if g is None:
             if len(self._groups) >= _MAX_GROUPS:
-                gkey = (OVERFLOW[0], OVERFLOW[1], ev.kind)
+                gkey = (OVERFLOW[0], OVERFLOW[1], (), ev.kind)
                 g = self._groups.get(gkey)
             if g is None:
                 g = self._groups[gkey] = len(self._stacks)
-                self._stacks.append((gkey[0], gkey[1]))
+                self._stacks.append((gkey[0], gkey[1], gkey[2]))
                 self._alloc.append([0.0, 0.0])
                 self._kinds.append(ev.kind)
         self._remember(ev, u, g)
@@ -159,7 +159,8 @@ class CopiedSites:
         if self.remember(ev.ip, ev.sp, slot, ev.bp if bp_used else None, sorted(uniq.items()), group):
             self.stats.remembered_in_kernel += 1
 
-    def stack(self, group: int) -> tuple[tuple[int, ...], str]:
+    def stack(self, group: int) -> tuple[tuple[int, ...], str, tuple[tuple[int, int], ...]]:
+        """(pcs, why the walk stopped, interpreter frames' Method*) of a group."""
         return self._stacks[group]
 
     def raw_sites(self, live: list[CopiedAlloc]) -> tuple[list[RawSite], dict[tuple[int, int, int], int]]:

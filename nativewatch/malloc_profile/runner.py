@@ -108,8 +108,8 @@ class _Collector:
 
     def _symbolize(self, key: _SiteKey) -> None:
         if key[0] in (probes.STACK_COPIED, probes.STACK_WALKED) and self.copies is not None:
-            pcs, stop = self.copies.stack(key[2])
-            self.frames[key] = tuple(self.sym.stack_frames(pcs, stop)) or (f"[stack ends: {stop}]",)
+            pcs, stop, methods = self.copies.stack(key[2])
+            self.frames[key] = tuple(self.sym.stack_frames(pcs, stop, methods)) or (f"[stack ends: {stop}]",)
             return
         stack = probes.read_stack(self.loaded, key[0])
         self.frames[key] = tuple(self.sym.site_frames(key[2], stack)) or (f"0x{key[2]:x} (?)",)
@@ -184,6 +184,8 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
     state_problem: list[str] = []
     try:
         governor = Governor(max_overhead, measure_costs(loaded, plan, proc_root))
+        if sym.is_jvm and jvm_attach and col.copies is not None:
+            _name_interpreted_frames(sym, java, pid, proc_root)
         try:
             col.start()
             probes.attach(loaded, plan)
@@ -243,6 +245,8 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
         sites = col.sites(raw, oldest, now_ns)
     finally:
         probes.close(loaded)
+        if sym.java_methods is not None:
+            sym.java_methods.close()
         sym.close()
         remove_state(pid, state_directory)
     lost = {"events": counters["events_lost"], "map_full": counters["map_full"] + counters["sites_full"],
@@ -269,6 +273,21 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
                          problems=tuple(problems), via=rung, overhead=overhead.to_json(),
                          java_frames=(java.status or "no unnamed Java frames in the sites") if sym.is_jvm else None,
                          stacks=_stacks_report(loaded, col, counters))
+
+
+def _name_interpreted_frames(sym: Symbolizer, java: PerfMapWriter, pid: int, proc_root: str) -> None:
+    """A perf map before the first stack arrives (its Interpreter blob tells the unwinder which frames
+    hold a Method*), and the reader of method names from the JVM's VMStructs."""
+    from nativewatch.jvm.vmstructs import JavaMethodNames
+
+    if java.write(force=True):
+        sym.perf_map_rewritten()
+    names = JavaMethodNames(pid, proc_root)
+    if names.layout is None:
+        sym.problems.append(f"interpreted Java frames unnamed: {names.problem}")
+        names.close()
+        return
+    sym.java_methods = names
 
 
 def supports_stack_copy(rung: str) -> bool:

@@ -33,6 +33,7 @@ import subprocess
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from nativewatch import cachestats
 from nativewatch.errors import ProcessGone
@@ -81,6 +82,8 @@ class Symbolizer:
         self._lock = threading.Lock()
         self.problems: list[str] = []
         self.generation = 0  # changes whenever the set of code mappings does
+        # names interpreted Java frames (nativewatch.jvm.vmstructs.JavaMethodNames), when allowed
+        self.java_methods: Any = None
         with contextlib.suppress(ProcessGone):
             self.refresh()
 
@@ -209,7 +212,9 @@ class Symbolizer:
         (no CFI), or None when nothing executable is mapped there."""
         r = self._region(addr)
         if r is None:
-            return Code(None, 0) if self._in_anon_exec(addr) else None
+            if not self._in_anon_exec(addr):
+                return None
+            return Code(None, 0, interpreter=self.is_jvm and self._perf_lookup(addr) == "Interpreter")
         img = self._image(r)
         vaddr = img.vaddr_of_offset(addr - r.start + r.offset) if img is not None else None
         if vaddr is None:
@@ -299,10 +304,19 @@ class Symbolizer:
         names = demangle([n for n, _, _ in kept])
         return [f"{n} ({o})" for n, (_, o, _) in zip(names, kept, strict=True)]
 
-    def stack_frames(self, pcs: Sequence[int], stop: str = STOP_END) -> list[str]:
+    def stack_frames(self, pcs: Sequence[int], stop: str = STOP_END,
+                     methods: Sequence[tuple[int, int]] = ()) -> list[str]:
         """Frames of an unwound stack (pcs[0] the exact sampled ip, the rest return addresses),
-        leading allocator frames trimmed; a walk that ended early ends in a frame saying why."""
-        kept = [self._raw_frame(a, i > 0) for i, a in enumerate(pcs)]
+        leading allocator frames trimmed; a walk that ended early ends in a frame saying why.
+        `methods` (index into pcs, Method*) name interpreted Java frames when java_methods is set."""
+        raws = [self._raw_frame(a, i > 0) for i, a in enumerate(pcs)]
+        if methods and self.java_methods is not None:
+            for i, method in methods:
+                if 0 <= i < len(raws) and raws[i][0] == JAVA_INTERPRETED:
+                    name = self.java_methods.name(method)
+                    if name is not None:
+                        raws[i] = (name, "interpreted", False)
+        kept = raws
         while len(kept) > 1 and kept[0][2]:
             kept.pop(0)
         names = demangle([n for n, _, _ in kept])

@@ -56,6 +56,7 @@ class Code:
     turns a run-time address into the object's link-time address (vaddr = addr + delta)."""
     cfi: ObjectCfi | None
     delta: int = 0
+    interpreter: bool = False  # a JVM's template interpreter: its frames hold their Method*
 
 
 CodeAt = Callable[[int], "Code | None"]
@@ -66,6 +67,9 @@ class Unwound:
     pcs: tuple[int, ...]  # pcs[0]: the sampled ip; the rest are return addresses
     stop: str             # STOP_END, or why the walk ended early
     fp_frames: int = 0    # frames found by the frame-pointer fallback rather than CFI
+    # (index into pcs, Method*) of each JVM interpreter frame: which Java method it runs (the pc
+    # alone is the interpreter's, the same for every method)
+    methods: tuple[tuple[int, int], ...] = ()
 
 
 class _Truncated(Exception):
@@ -102,6 +106,9 @@ class _Stack:
 
 
 _WORD = struct.Struct("<Q")
+# a HotSpot interpreter frame's Method* is 3 words below its frame pointer (x86-64, JDK 8 to 25;
+# nativewatch.jvm.vmstructs reads the method's name from it)
+INTERPRETER_METHOD_SLOT = 24
 
 
 _M64 = (1 << 64) - 1
@@ -331,36 +338,39 @@ def _walk(ip: int, sp: int, bp: int, stack: _Stack, code_at: CodeAt, max_frames:
     rbp = _Rbp(bp)
     bp_used = False
     fp_frames = 0
+    methods: list[tuple[int, int]] = []
     first = True
     while True:
         if len(pcs) >= max_frames:
-            return Unwound(tuple(pcs), STOP_DEPTH, fp_frames), bp_used
+            return Unwound(tuple(pcs), STOP_DEPTH, fp_frames, tuple(methods)), bp_used
         # a return address points after its call: look up the call itself
         look = pc if first else pc - 1
         code = code_at(look)
         if code is None:
-            return Unwound(tuple(pcs), STOP_UNMAPPED, fp_frames), bp_used
+            return Unwound(tuple(pcs), STOP_UNMAPPED, fp_frames, tuple(methods)), bp_used
         rule: Rule | None = None
         if code.cfi is not None and code.cfi.has_cfi:
             try:
                 rule = code.cfi.rule_at((look + code.delta) & _M64)
             except CfiError:
-                return Unwound(tuple(pcs), STOP_BAD_CFI, fp_frames), bp_used
+                return Unwound(tuple(pcs), STOP_BAD_CFI, fp_frames, tuple(methods)), bp_used
         try:
             if rule is None:
                 # No CFI here (anonymous JIT code, an object without unwind tables): a frame pointer
                 # chain, believed only while it climbs the stack inside the copy.
                 bp_used = bp_used or rbp.initial
                 if not rbp.known:
-                    return Unwound(tuple(pcs), STOP_NO_CFI, fp_frames), bp_used
+                    return Unwound(tuple(pcs), STOP_NO_CFI, fp_frames, tuple(methods)), bp_used
                 frame = rbp.get(stack)
                 if frame <= rsp or frame & 7:
-                    return Unwound(tuple(pcs), STOP_NO_CFI, fp_frames), bp_used
+                    return Unwound(tuple(pcs), STOP_NO_CFI, fp_frames, tuple(methods)), bp_used
                 cfa = frame + 16
                 ra = stack.word(frame + 8)
+                if code.interpreter and frame - INTERPRETER_METHOD_SLOT >= rsp:
+                    methods.append((len(pcs) - 1, stack.word(frame - INTERPRETER_METHOD_SLOT)))
                 if ra != 0 and code_at(ra - 1) is None:
                     # rbp held data, not a frame: say so rather than report a garbage frame
-                    return Unwound(tuple(pcs), STOP_NO_CFI, fp_frames), bp_used
+                    return Unwound(tuple(pcs), STOP_NO_CFI, fp_frames, tuple(methods)), bp_used
                 rbp.initial = False
                 rbp.value, rbp.at = None, frame  # the caller's rbp is saved at the frame's base
                 fp_frames += 1
@@ -376,29 +386,29 @@ def _walk(ip: int, sp: int, bp: int, stack: _Stack, code_at: CodeAt, max_frames:
                     try:
                         cfa = _eval(rule.cfa_expr, regs, stack)
                     except _Unknown:
-                        return Unwound(tuple(pcs), STOP_BAD_CFI, fp_frames), bp_used
+                        return Unwound(tuple(pcs), STOP_BAD_CFI, fp_frames, tuple(methods)), bp_used
                 elif rule.cfa_reg == RSP:
                     cfa = rsp + rule.cfa_offset
                 elif rule.cfa_reg == RBP:
                     if RBP not in regs:
-                        return Unwound(tuple(pcs), STOP_BAD_FRAME, fp_frames), bp_used
+                        return Unwound(tuple(pcs), STOP_BAD_FRAME, fp_frames, tuple(methods)), bp_used
                     cfa = regs[RBP] + rule.cfa_offset
                 else:
-                    return Unwound(tuple(pcs), STOP_BAD_CFI, fp_frames), bp_used  # CFA in a register we lack
+                    return Unwound(tuple(pcs), STOP_BAD_CFI, fp_frames, tuple(methods)), bp_used  # CFA in a register we lack
                 if rule.ra[0] == UNDEFINED:
-                    return Unwound(tuple(pcs), STOP_END, fp_frames), bp_used  # the outermost frame (_start)
+                    return Unwound(tuple(pcs), STOP_END, fp_frames, tuple(methods)), bp_used  # the outermost frame (_start)
                 ra_v = _register(rule.ra, cfa, None, regs, stack)
                 if ra_v is None:
-                    return Unwound(tuple(pcs), STOP_BAD_CFI, fp_frames), bp_used
+                    return Unwound(tuple(pcs), STOP_BAD_CFI, fp_frames, tuple(methods)), bp_used
                 ra = ra_v
                 rbp.update(rule.rbp, cfa, regs, stack)
         except _Truncated:
-            return Unwound(tuple(pcs), STOP_TRUNCATED, fp_frames), bp_used
+            return Unwound(tuple(pcs), STOP_TRUNCATED, fp_frames, tuple(methods)), bp_used
         if ra == 0:
-            return Unwound(tuple(pcs), STOP_END, fp_frames), bp_used
+            return Unwound(tuple(pcs), STOP_END, fp_frames, tuple(methods)), bp_used
         # the caller's stack pointer is the CFA; it must move up the stack (signal frames may not)
         if cfa <= rsp and not (rule is not None and rule.signal_frame):
-            return Unwound(tuple(pcs), STOP_BAD_FRAME, fp_frames), bp_used
+            return Unwound(tuple(pcs), STOP_BAD_FRAME, fp_frames, tuple(methods)), bp_used
         pcs.append(ra)
         pc, rsp = ra, cfa
         # the frame a signal interrupted resumes at its exact pc, not after a call
