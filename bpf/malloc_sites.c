@@ -122,12 +122,13 @@ BPF_TABLE("lru_hash", struct pending_key, struct pending_val, pending, 4096);
 BPF_STACK_TRACE(stacks, MAX_STACKS);
 BPF_ARRAY(counters, u64, N_COUNTERS);
 BPF_PERCPU_ARRAY(hits, u64, N_HITS);
-BPF_ARRAY(config, u64, 1);
+BPF_ARRAY(config, u64, 2);  /* [0] target tgid, [1] the top of its main thread's stack (0: unknown) */
 BPF_PERCPU_ARRAY(remaining, s64, 1);
 BPF_ARRAY(exp_table, u64, EXP_SLOTS);
 BPF_ARRAY(weight_table, u64, WEIGHT_SLOTS);
 BPF_ARRAY(skip_ranges, struct skip_range, MAX_SKIP_RANGES);
 #if STACK_COPY
+#include "stack_copy.h"
 struct stack_event {
     u32 type;       /* EV_SAMPLE */
     u32 kind;
@@ -148,24 +149,13 @@ struct cancel_event {
 BPF_RINGBUF_OUTPUT(stack_events, RING_PAGES);
 BPF_ARRAY(sample_ids, u64, 1);
 
-/* Walks user space has unwound, by (ip, sp) at the allocator's entry. An unwind is a pure function of
- * ip, sp, bp (when it used it) and the few stack words it read: when those words hold the same
- * values again, the stack is that walk's and needs no copy. User space fills this map after each
- * walk and empties it when the target's code mappings change. */
+/* Walks user space has unwound (stack_copy.h), by (ip, sp) at the allocator's entry; user space empties
+ * it when the target's code mappings change. */
 struct walk_key {
     u64 ip;
     u64 sp;
     u32 slot;    /* 0..WALK_SLOTS-1, filled in order */
     u32 pad;
-};
-struct walk_val {
-    u32 group;   /* user space's stack group: the site key's caller */
-    u32 n;       /* words to check */
-    u32 use_bp;
-    u32 pad;
-    u64 bp;
-    u32 off[WALK_READS];  /* from sp */
-    u64 val[WALK_READS];
 };
 BPF_HASH(walks, struct walk_key, struct walk_val, MAX_WALKS);
 #endif
@@ -308,37 +298,12 @@ static __always_inline void cancel(struct site_key *site)
     c->type = EV_CANCEL;
     c->pad = 0;
     c->id = site->caller;
-    stack_events.ringbuf_submit(c, 0);
+    stack_events.ringbuf_submit(c, BPF_RB_NO_WAKEUP);
 #endif
 }
 
 #if STACK_COPY
-/* A walk's words hold the same values in this call's stack. */
-static __always_inline int walk_matches(struct pt_regs *ctx, struct walk_val *w, u64 sp)
-{
-    if (w->use_bp && w->bp != PT_REGS_FP(ctx))
-        return 0;
-    u32 n = w->n;
-    /* a bounded loop (kernel >= 5.3; this path needs 5.8 for the ring buffer anyway) */
-    for (u32 i = 0; i < WALK_READS; i++) {
-        if (i >= n)
-            break;
-        u32 j = i;
-        asm volatile("" : "+r"(j));  /* keeps clang from turning the index into a pointer walk the verifier cannot bound */
-        j &= WALK_READS - 1;
-        u64 v = 0;
-        u32 off = w->off[j];
-        if (off > STACK_COPY - 8)
-            return 0;
-        if (read_user(&v, sizeof(v), (void *)(sp + off)) != 0 || v != w->val[j])
-            return 0;
-    }
-    return 1;
-}
-
-/* The stack matches a walk user space already unwound: the site is that walk's group. Different
- * call paths can reach the allocator with the same (ip, sp) (two callers with equal frame sizes):
- * each (ip, sp) has WALK_SLOTS walks. */
+/* The stack matches a walk user space already unwound: the site is that walk's group. */
 static __always_inline int known_walk(struct pt_regs *ctx, struct site_key *site)
 {
     struct walk_key k = {};
@@ -349,7 +314,7 @@ static __always_inline int known_walk(struct pt_regs *ctx, struct site_key *site
         struct walk_val *w = walks.lookup(&k);
         if (!w)
             return 0;
-        if (walk_matches(ctx, w, k.sp)) {
+        if (walk_matches(w, k.sp, PT_REGS_FP(ctx))) {
             site->stackid = STACK_WALKED;
             site->caller = w->group;
             count(C_WALK_KNOWN);
@@ -359,9 +324,8 @@ static __always_inline int known_walk(struct pt_regs *ctx, struct site_key *site
     return 0;
 }
 
-/* Copy the user stack from sp into e->stack: all of it when STACK_COPY bytes are readable, else as
- * many whole pages as are (the main thread's stack ends at the top of its mapping). Returns 0 when
- * the site should keep its frame-pointer stack instead. */
+/* Copy the user stack into a ring buffer record for user space to unwind. Returns 0 when the site
+ * should keep its frame-pointer stack instead. */
 static __always_inline int copy_stack(struct pt_regs *ctx, u32 tid, u32 kind, u64 size, struct site_key *site)
 {
     struct stack_event *e = stack_events.ringbuf_reserve(sizeof(struct stack_event));
@@ -370,21 +334,9 @@ static __always_inline int copy_stack(struct pt_regs *ctx, u32 tid, u32 kind, u6
         return 0;
     }
     u64 sp = PT_REGS_SP(ctx);
-    u32 copied = STACK_COPY;
-    if (read_user(e->stack, STACK_COPY, (void *)sp) != 0) {
-        copied = 0;
-        u64 first = 4096 - (sp & 4095);
-#pragma unroll
-        for (int i = STACK_COPY / 4096; i >= 0; i--) {
-            u64 len = first + (u64)i * 4096;
-            if (len > STACK_COPY)
-                continue;
-            if (read_user(e->stack, len, (void *)sp) == 0) {
-                copied = len;
-                break;
-            }
-        }
-    }
+    u32 one = 1;
+    u64 *top = config.lookup(&one);
+    u32 copied = copy_user_stack(e->stack, sp, top ? *top : 0);
     if (copied < 8) {
         stack_events.ringbuf_discard(e, 0);
         return 0;
@@ -407,7 +359,9 @@ static __always_inline int copy_stack(struct pt_regs *ctx, u32 tid, u32 kind, u6
     e->bp = PT_REGS_FP(ctx);
     e->tid = tid;
     e->copied = copied;
-    stack_events.ringbuf_submit(e, 0);
+    /* Waking the reader for every record costs the target more than the copy: user space drains on a
+     * timer anyway, and is woken every 64th record so a burst cannot fill the ring between two. */
+    stack_events.ringbuf_submit(e, (id & 63) ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP);
     site->stackid = STACK_COPIED;
     site->caller = id;
     return 1;

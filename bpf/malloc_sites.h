@@ -49,8 +49,7 @@
 /* {stackid = STACK_WALKED, kind, caller = group}: the stack is one user space already unwound (the
  * walks map said so); such sites live in the sites map like frame-pointer ones. */
 #define STACK_WALKED (-1001)
-#define WALK_READS 32  /* stack words a remembered walk may depend on */
-#define WALK_SLOTS 4   /* remembered walks per (ip, sp) */
+
 #define EV_SAMPLE 1   /* struct stack_event */
 #define EV_CANCEL 2   /* struct cancel_event: the sampled call failed (NULL, MAP_FAILED) */
 

@@ -172,3 +172,56 @@ def test_page_fault_symbolization_never_uses_bcc_symbol_caches(bpf_available, mo
         p.wait()
         sampler.close()
     assert used == []
+
+
+def test_page_fault_stacks_without_frame_pointers_reach_main(bpf_available):
+    """The wrapper program of the profile tests (built -O2 -fomit-frame-pointer, its allocator wrapper
+    in its own library): a frame-pointer walk from a fault in malloc or memset stops at once. With
+    stack copies unwound by CFI every new-page stack must run through leaky_cache_insert or
+    churn_work, run_loop, to main; their estimated bytes must match the RSS growth (same tolerance as
+    above) and repeats must be counted in the kernel from the walks handed back, not copied again."""
+    from nativewatch.sources.page_faults import PageFaultSampler
+
+    lib = build_c("xalloc_lib.c", name="libxalloc.so", cflags=["-O2", "-fomit-frame-pointer", "-fPIC", "-shared"])
+    exe = build_c("wrapped_leak.c", cflags=["-O2", "-fomit-frame-pointer", "-pthread"], ldflags=[str(lib)])
+    sampler = PageFaultSampler(8)
+    p = subprocess.Popen([str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdin is not None and p.stdout is not None
+
+    def go(rounds: int) -> None:
+        p.stdin.write(f"go {rounds}\n")  # type: ignore[union-attr]
+        p.stdin.flush()  # type: ignore[union-attr]
+        assert p.stdout.readline().startswith("done")  # type: ignore[union-attr]
+
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        go(2000)  # the objects' CFI and symbols are parsed, the first walks learned
+        time.sleep(0.5)
+        sampler.collect({p.pid}, {p.pid})
+        sampler.per_pid.clear()
+        before = sampler.stats()
+        rss0 = _rss(p.pid)
+        for _ in range(3):
+            go(4000)
+        grown = _rss(p.pid) - rss0
+        time.sleep(0.5)
+        sampler.collect({p.pid}, {p.pid})
+        stacks = sampler.top(p.pid, 50)
+        after = sampler.stats()
+        assert grown > 32 * MIB
+        main = f"main ({exe.name})"
+        whole = [s for s in stacks if main in s.frames]
+        assert whole, [s.frames for s in stacks[:5]]
+        top = max(whole, key=lambda s: s.bytes)
+        i = top.frames.index(main)
+        assert top.frames[i - 1] == f"run_loop ({exe.name})", top.frames
+        assert top.frames[i - 2] in (f"leaky_cache_insert ({exe.name})", f"churn_work ({exe.name})"), top.frames
+        assert sum(s.bytes for s in whole) >= 0.9 * sum(s.bytes for s in stacks)
+        assert sum(s.bytes for s in stacks) == pytest.approx(grown, rel=0.25)
+        copied = after["stacks_unwound"] - before["stacks_unwound"]
+        samples = after["sampled"] - before["sampled"]
+        assert copied < 0.2 * samples, (copied, samples)  # repeats were counted in the kernel
+    finally:
+        p.kill()
+        p.wait()
+        sampler.close()

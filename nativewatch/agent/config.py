@@ -54,6 +54,13 @@ class AgentConfig:
     page_fault_sample_every: int = 64
     page_fault_max_entries: int = 16384  # (pid, stack) counters in the kernel; overflow is counted
     page_fault_stack_entries: int = 8192
+    # Bytes of user stack copied per page-fault sample and unwound with CFI, so code built without
+    # frame pointers gets whole resident-growth stacks (0: frame pointers only); a stack already seen
+    # is recognised in the kernel and not copied again.
+    page_fault_stack_copy: int = 8192
+    # Unwind tables (.eh_frame) of the objects those stacks run through, kept across scans: libc's is
+    # ~0.3 MiB, libjvm.so's 2.4 MiB; an evicted object's is read again when next met.
+    cfi_cache_bytes: int = 8 << 20
     # Parsed symbol tables of the objects the page-fault stacks run through, bounded by symbols
     # (~100 bytes each, measured on libLLVM: 35,383 symbols in 3.5 MiB): 65,536 is about 6.5 MiB;
     # libc is 9,500 symbols, libLLVM 36,700.
@@ -117,6 +124,9 @@ class AgentConfig:
             raise ConfigError("page_fault_sample_every must be >= 1")
         if self.page_fault_max_entries < 1 or self.page_fault_stack_entries < 1:
             raise ConfigError("page_fault_max_entries and page_fault_stack_entries must be >= 1")
+        if self.page_fault_stack_copy and (self.page_fault_stack_copy % 8
+                                           or not 512 <= self.page_fault_stack_copy <= 65536):
+            raise ConfigError("page_fault_stack_copy must be 0 or a multiple of 8 from 512 to 65536")
         if self.auto_capture_max_overhead is not None and not 0 <= self.auto_capture_max_overhead <= 64:
             raise ConfigError("auto_capture_max_overhead must be a share of one core, 0 for no limit")
         if self.dead_max < 0:

@@ -179,8 +179,10 @@ class Agent:
     # --- sources that may be missing -------------------------------------------------------------
     def _start_bpf(self) -> None:
         from nativewatch.malloc_profile.elfimage import set_cache_budget
+        from nativewatch.unwind import tables as cfi_tables
 
         set_cache_budget(self.cfg.symbol_cache_symbols)
+        cfi_tables.set_cache_budget(self.cfg.cfi_cache_bytes, fdes_per_file=256)
         try:
             self.oom_bpf = BpfOomWatcher()
         except SourceUnavailable as exc:
@@ -191,7 +193,8 @@ class Agent:
             self.faults = PageFaultSampler(self.cfg.page_fault_sample_every,
                                            max_entries=self.cfg.page_fault_max_entries,
                                            stack_entries=self.cfg.page_fault_stack_entries,
-                                           proc_root=self.cfg.proc_root)
+                                           proc_root=self.cfg.proc_root,
+                                           stack_copy=self.cfg.page_fault_stack_copy)
         except SourceUnavailable as exc:
             self.degraded["bpf-page-faults"] = f"{exc}; no resident-growth stacks"
 

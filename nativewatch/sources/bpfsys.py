@@ -23,6 +23,7 @@ __all__ = ["BpfMap", "MapInfo", "RingBuffer", "map_info", "prog_ids", "prog_name
 _NR_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
 
 _MAP_LOOKUP_ELEM = 1
+_MAP_UPDATE_ELEM = 2
 _MAP_DELETE_ELEM = 3
 _MAP_GET_NEXT_KEY = 4
 _OBJ_GET_INFO_BY_FD = 15
@@ -91,6 +92,19 @@ class BpfMap:
             if exc.errno == errno.ENOENT:
                 return None
             raise
+
+    def update(self, key: bytes, value: bytes) -> bool:
+        """Insert or replace; False when the map is full (E2BIG) instead of raising."""
+        kbuf = ctypes.create_string_buffer(key, self.info.key_size)
+        vbuf = ctypes.create_string_buffer(value, self.info.value_size)
+        attr = ctypes.create_string_buffer(struct.pack("IIQQQ", self.fd, 0, _addr(kbuf), _addr(vbuf), 0), 32)
+        try:
+            _bpf(_MAP_UPDATE_ELEM, attr)
+        except OSError as exc:
+            if exc.errno in (errno.E2BIG, errno.ENOMEM):
+                return False
+            raise
+        return True
 
     def delete(self, key: bytes) -> bool:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from typing import BinaryIO
 
@@ -21,10 +22,14 @@ from nativewatch import cachestats
 from nativewatch.debugfiles import DEBUG_BUILD_ID_DIR, build_id, open_debug_file
 from nativewatch.unwind.cfi import CfiError, FrameTable
 
-__all__ = ["ObjectCfi", "cfi_for_fd", "load_cfi", "cache_bytes"]
+__all__ = ["ObjectCfi", "cfi_for_fd", "load_cfi", "cache_bytes", "set_cache_budget"]
 
 _MAX_SECTION_BYTES = 256 << 20
 _MAX_CACHED_FILES = 256
+# Bytes of CFI kept (section bytes and decoded rows), least recently used file evicted first; an
+# evicted file's CFI is read again when next needed. The agent lowers it (set_cache_budget).
+_budget = {"bytes": 64 << 20, "fdes": 1024}
+_ROW_BYTES = 1500  # a decoded FDE's rows, measured roughly: ~8 rules of ~180 bytes
 _ELF_ERRORS = (ELFError, OSError, ValueError, KeyError, AssertionError, CfiError, UnicodeDecodeError)
 
 
@@ -48,12 +53,9 @@ class ObjectCfi:
         return None
 
     def nbytes(self) -> int:
-        """Memory held: section bytes, the search index, and decoded rows (estimated per row)."""
-        total = 0
-        for t in self.tables:
-            total += len(t.section) + t._starts.itemsize * len(t._starts) * 2
-            total += sum(len(locs) * 8 + len(rules) * 120 for locs, rules in t._rows.values())
-        return total
+        """Memory held: section bytes, the search index, and decoded rows (estimated per FDE)."""
+        return sum(len(t.section) + t._starts.itemsize * len(t._starts) * 2 + t.cached_fdes() * _ROW_BYTES
+                   for t in self.tables)
 
 
 def _section(elf: ELFFile, f: BinaryIO, name: str) -> tuple[bytes, int] | None:
@@ -103,17 +105,19 @@ def load_cfi(f: BinaryIO, debug_dir: str | None = DEBUG_BUILD_ID_DIR) -> ObjectC
         sources: list[str] = []
         eh = _section(elf, f, ".eh_frame")
         hdr = _section(elf, f, ".eh_frame_hdr")
+        fdes = _budget["fdes"]
         if eh is not None:
-            tables.append(FrameTable(eh[0], eh[1], hdr=hdr[0] if hdr else None, hdr_vaddr=hdr[1] if hdr else 0))
+            tables.append(FrameTable(eh[0], eh[1], hdr=hdr[0] if hdr else None, hdr_vaddr=hdr[1] if hdr else 0,
+                                     max_cached_fdes=fdes))
             sources.append(".eh_frame")
         elif elf.num_sections() == 0:
             seg = _eh_frame_from_segments(elf, f)
             if seg is not None:
-                tables.append(FrameTable(seg[0], seg[1], hdr=seg[2], hdr_vaddr=seg[3]))
+                tables.append(FrameTable(seg[0], seg[1], hdr=seg[2], hdr_vaddr=seg[3], max_cached_fdes=fdes))
                 sources.append(".eh_frame (program headers)")
         dbg = _section(elf, f, ".debug_frame")
         if dbg is not None:
-            tables.append(FrameTable(dbg[0], 0, debug_frame=True))
+            tables.append(FrameTable(dbg[0], 0, debug_frame=True, max_cached_fdes=fdes))
             sources.append(".debug_frame")
         elif debug_dir:
             bid = build_id(elf)
@@ -125,7 +129,7 @@ def load_cfi(f: BinaryIO, debug_dir: str | None = DEBUG_BUILD_ID_DIR) -> ObjectC
                         if build_id(delf) == bid:
                             d = _section(delf, df, ".debug_frame")
                             if d is not None:
-                                tables.append(FrameTable(d[0], 0, debug_frame=True))
+                                tables.append(FrameTable(d[0], 0, debug_frame=True, max_cached_fdes=fdes))
                                 sources.append("debug file .debug_frame")
                 except _ELF_ERRORS:
                     pass
@@ -137,6 +141,9 @@ def load_cfi(f: BinaryIO, debug_dir: str | None = DEBUG_BUILD_ID_DIR) -> ObjectC
 
 _lock = threading.Lock()
 _cache: OrderedDict[tuple[int, int, int, int], ObjectCfi] = OrderedDict()
+# Every ObjectCfi still referenced (a symbolizer's region holds its file's): one evicted from the LRU
+# but in use is found here instead of being read, and held, twice.
+_alive: weakref.WeakValueDictionary[tuple[int, int, int, int], ObjectCfi] = weakref.WeakValueDictionary()
 cachestats.register("cfi_files", lambda: len(_cache))
 
 
@@ -149,13 +156,33 @@ def cfi_for_fd(fd: int) -> ObjectCfi:
         if hit is not None:
             _cache.move_to_end(ident)
             return hit
+        hit = _alive.get(ident)
+        if hit is not None:
+            _cache[ident] = hit
+            _trim()
+            return hit
     with os.fdopen(os.dup(fd), "rb") as f:
         cfi = load_cfi(f)
     with _lock:
         _cache[ident] = cfi
-        while len(_cache) > _MAX_CACHED_FILES:
-            _cache.popitem(last=False)
+        _alive[ident] = cfi
+        _trim()
     return cfi
+
+
+def _trim() -> None:
+    total = sum(c.nbytes() for c in _cache.values())
+    while len(_cache) > 1 and (len(_cache) > _MAX_CACHED_FILES or total > _budget["bytes"]):
+        _, old = _cache.popitem(last=False)
+        total -= old.nbytes()
+
+
+def set_cache_budget(max_bytes: int, *, fdes_per_file: int = 1024) -> None:
+    """Bound the CFI cache: `max_bytes` in all, `fdes_per_file` decoded FDEs per table. A caller that
+    keeps an ObjectCfi (a symbolizer's region) keeps it alive beyond the budget until it lets go."""
+    with _lock:
+        _budget["bytes"], _budget["fdes"] = int(max_bytes), int(fdes_per_file)
+        _trim()
 
 
 def cache_bytes() -> int:
