@@ -256,12 +256,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--only", choices=["cost", "unwind", "jvm"], help="run one part")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (uprobes)")
-    cost_table(args.passes, args.rounds)
-    unwind_table()
-    jvm_cache()
+    if args.only in (None, "cost"):
+        cost_table(args.passes, args.rounds)
+    if args.only in (None, "unwind"):
+        unwind_table()
+    if args.only in (None, "jvm"):
+        jvm_cache()
 
 
 if __name__ == "__main__":

@@ -165,10 +165,12 @@ def _restart_countdown(loaded: Loaded) -> None:
     rem[rem.Key(0)] = rem.Leaf(*([first] * len(rem.Leaf())))
 
 
-def set_target(loaded: Loaded, pid: int) -> None:
-    """The thread group the programs record (0: none)."""
+def set_target(loaded: Loaded, pid: int, stack_top: int = 0) -> None:
+    """The thread group the programs record (0: none), and where its main thread's frames end
+    (/proc/PID/stat startstack; 0: unknown), which bounds the stack copies of that thread."""
     cfg = loaded.bpf[b"config"]
     cfg[cfg.Key(0)] = cfg.Leaf(int(pid))
+    cfg[cfg.Key(1)] = cfg.Leaf(int(stack_top))
 
 
 def reset(loaded: Loaded) -> None:
@@ -214,13 +216,24 @@ def attach(loaded: Loaded, plan: ProbePlan, *, pid: int | None = None,
         leaf = skip.Leaf()
         leaf.lo, leaf.hi = ranges[i] if i < len(ranges) else (0, 0)
         skip[skip.Key(i)] = leaf
-    set_target(loaded, pid)
+    set_target(loaded, pid, _stack_top(pid) if loaded.stack_copy else 0)
     try:
         _attach_points(loaded, pid, plan.points if points is None else points)
     except OSError as exc:
         detach(loaded)
         raise SourceUnavailable(f"cannot attach uprobes to pid {pid} via {loaded.rung}: {exc.strerror or exc}") \
             from exc
+
+
+def _stack_top(pid: int, proc_root: str = "/proc") -> int:
+    """startstack (field 28 of /proc/PID/stat), rounded up to a word; 0 when unreadable."""
+    try:
+        with open(f"{proc_root}/{pid}/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(b")") + 2:].split()
+        return (int(fields[25]) + 7) & ~7  # field 28; the list starts at field 3
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def detach(loaded: Loaded) -> None:
@@ -373,7 +386,9 @@ def open_events(loaded: Loaded, on_event: Callable[[StackEvent | int], None]) ->
 def poll_events(loaded: Loaded, timeout_s: float) -> None:
     """Wait up to timeout_s for events, running the callback for each as it arrives."""
     if loaded.events_open:
+        # records are submitted without a wakeup except every 64th: consume after the wait either way
         loaded.bpf.ring_buffer_poll(max(0, int(timeout_s * 1000)))
+        loaded.bpf.ring_buffer_consume()
     else:
         time.sleep(timeout_s)
 
