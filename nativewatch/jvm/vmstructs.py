@@ -32,11 +32,15 @@ __all__ = ["HotSpotLayout", "JavaMethodNames", "read_layout"]
 
 _EXPORTS = ("gHotSpotVMStructs", "gHotSpotVMStructEntryArrayStride", "gHotSpotVMStructEntryTypeNameOffset",
             "gHotSpotVMStructEntryFieldNameOffset", "gHotSpotVMStructEntryOffsetOffset",
+            "gHotSpotVMStructEntryAddressOffset",
             "gHotSpotVMStructEntryTypeStringOffset", "gHotSpotVMStructEntryIsStaticOffset",
             "gHotSpotVMTypes", "gHotSpotVMTypeEntryArrayStride", "gHotSpotVMTypeEntryTypeNameOffset",
             "gHotSpotVMTypeEntrySizeOffset")
 _FIELDS = {("Method", "_constMethod"), ("ConstMethod", "_constants"), ("ConstMethod", "_name_index"),
-           ("ConstantPool", "_pool_holder"), ("Klass", "_name"), ("Symbol", "_length"), ("Symbol", "_body")}
+           ("ConstantPool", "_pool_holder"), ("Klass", "_name"), ("Symbol", "_length"), ("Symbol", "_body"),
+           ("StubQueue", "_stub_buffer"), ("StubQueue", "_buffer_limit")}
+# static: where the interpreter's code lives (a StubQueue), so its frames are known without a perf map
+_STATICS = {("AbstractInterpreter", "_code")}
 _MAX_ENTRIES = 10_000
 _NAME = re.compile(r"[A-Za-z_$<][A-Za-z0-9_$<>/.\[;-]{0,400}")
 
@@ -51,6 +55,9 @@ class HotSpotLayout:
     klass_name: int
     symbol_length: int
     symbol_body: int
+    stub_buffer: int = 0       # StubQueue::_stub_buffer
+    buffer_limit: int = 0      # StubQueue::_buffer_limit
+    interpreter_code: int = 0  # &AbstractInterpreter::_code (0: unknown)
 
 
 def _cstring(mem: ProcMem, addr: int, limit: int = 128) -> str | None:
@@ -75,6 +82,7 @@ def read_layout(mem: ProcMem, exports: dict[str, int]) -> HotSpotLayout | None:
     structs, stride = word("gHotSpotVMStructs"), word("gHotSpotVMStructEntryArrayStride")
     o_type, o_field = word("gHotSpotVMStructEntryTypeNameOffset"), word("gHotSpotVMStructEntryFieldNameOffset")
     o_off, o_static = word("gHotSpotVMStructEntryOffsetOffset"), word("gHotSpotVMStructEntryIsStaticOffset")
+    o_addr = word("gHotSpotVMStructEntryAddressOffset")
     types, tstride = word("gHotSpotVMTypes"), word("gHotSpotVMTypeEntryArrayStride")
     t_name, t_size = word("gHotSpotVMTypeEntryTypeNameOffset"), word("gHotSpotVMTypeEntrySizeOffset")
     vals = (structs, stride, o_type, o_field, o_off, o_static, types, tstride, t_name, t_size)
@@ -82,6 +90,7 @@ def read_layout(mem: ProcMem, exports: dict[str, int]) -> HotSpotLayout | None:
         return None
     assert structs is not None and stride is not None and types is not None and tstride is not None
     found: dict[tuple[str, str], int] = {}
+    statics: dict[tuple[str, str], int] = {}
     for i in range(_MAX_ENTRIES):
         entry = structs + i * stride
         tp = mem.u64(entry + o_type)  # type: ignore[operator]
@@ -90,13 +99,20 @@ def read_layout(mem: ProcMem, exports: dict[str, int]) -> HotSpotLayout | None:
         fp = mem.u64(entry + o_field)  # type: ignore[operator]
         tname = _cstring(mem, tp)
         fname = _cstring(mem, fp) if fp else None
-        if tname is None or fname is None or (tname, fname) not in _FIELDS:
+        if tname is None or fname is None:
+            continue
+        if (tname, fname) in _STATICS and o_addr is not None:
+            addr = mem.u64(entry + o_addr)
+            if addr:
+                statics[(tname, fname)] = addr
+            continue
+        if (tname, fname) not in _FIELDS:
             continue
         static = mem.read(entry + o_static, 4)  # type: ignore[operator]
         off = mem.u64(entry + o_off)  # type: ignore[operator]
         if static is not None and struct.unpack("<i", static)[0] == 0 and off is not None and off < 4096:
             found[(tname, fname)] = off
-        if len(found) == len(_FIELDS):
+        if len(found) == len(_FIELDS) and len(statics) == len(_STATICS):
             break
     pool_size = None
     for i in range(_MAX_ENTRIES):
@@ -107,12 +123,14 @@ def read_layout(mem: ProcMem, exports: dict[str, int]) -> HotSpotLayout | None:
         if _cstring(mem, tp) == "ConstantPool":
             pool_size = mem.u64(entry + t_size)  # type: ignore[operator]
             break
-    if len(found) != len(_FIELDS) or not pool_size or pool_size > 4096:
+    names = ("Method", "_constMethod"), ("ConstMethod", "_constants"), ("ConstMethod", "_name_index"), \
+        ("ConstantPool", "_pool_holder"), ("Klass", "_name"), ("Symbol", "_length"), ("Symbol", "_body")
+    if any(n not in found for n in names) or not pool_size or pool_size > 4096:
         return None
-    return HotSpotLayout(found[("Method", "_constMethod")], found[("ConstMethod", "_constants")],
-                         found[("ConstMethod", "_name_index")], found[("ConstantPool", "_pool_holder")],
-                         pool_size, found[("Klass", "_name")], found[("Symbol", "_length")],
-                         found[("Symbol", "_body")])
+    return HotSpotLayout(found[names[0]], found[names[1]], found[names[2]], found[names[3]], pool_size,
+                         found[names[4]], found[names[5]], found[names[6]],
+                         found.get(("StubQueue", "_stub_buffer"), 0), found.get(("StubQueue", "_buffer_limit"), 0),
+                         statics.get(("AbstractInterpreter", "_code"), 0))
 
 
 def _libjvm_exports(pid: int, proc_root: str) -> dict[str, int]:
@@ -159,6 +177,26 @@ class JavaMethodNames:
         except (OSError, ValueError, KeyError) as exc:
             self.problem = f"VMStructs not read: {exc}"
         self._cache: OrderedDict[int, str | None] = OrderedDict()
+        self.interpreter = self._interpreter_range()
+
+    def _interpreter_range(self) -> tuple[int, int]:
+        """[start, end) of the template interpreter's code, from AbstractInterpreter::_code; (0, 0)
+        when unknown. Generated once at start-up, it does not move."""
+        lay = self.layout
+        if lay is None or not lay.interpreter_code or not lay.stub_buffer:
+            return 0, 0
+        queue = self.mem.u64(lay.interpreter_code)
+        if not queue:
+            return 0, 0
+        start = self.mem.u64(queue + lay.stub_buffer)
+        raw = self.mem.read(queue + lay.buffer_limit, 4)
+        if not start or raw is None:
+            return 0, 0
+        size = struct.unpack("<i", raw)[0]
+        return (start, start + size) if 0 < size < 1 << 28 else (0, 0)
+
+    def in_interpreter(self, addr: int) -> bool:
+        return self.interpreter[0] <= addr < self.interpreter[1]
 
     def _symbol(self, addr: int | None) -> str | None:
         if not addr or self.layout is None:

@@ -14,10 +14,16 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nativewatch.malloc_profile.probes import STACK_COPIED, WALK_SLOTS, CopiedAlloc, RawSite, StackEvent
+from nativewatch.malloc_profile.probes import (
+    STACK_COPIED,
+    WALK_READS,
+    WALK_SLOTS,
+    CopiedAlloc,
+    RawSite,
+    StackEvent,
+)
 from nativewatch.unwind.unwinder import (
     STOP_END,
-    STOP_TRUNCATED,
     STOP_UNMAPPED,
     CachedUnwinder,
     CodeAt,
@@ -138,15 +144,12 @@ class CopiedSites:
     def _remember(self, ev: StackEvent, u: Unwound, group: int) -> None:
         """Hand a fresh walk to the BPF side, so the next call from the same stack needs no copy. Not
         a walk that ran off the copy: a longer stack there could end differently."""
-        walk = self.unwinder.last_walk
-        if walk is None or self.remember is None or u.stop == STOP_TRUNCATED:
+        if self.remember is None:
             return
-        reads, bp_used = walk
-        uniq: dict[int, int] = {}
-        for addr, val in reads:
-            if val < 0 or not ev.sp <= addr <= ev.sp + len(ev.stack) - 8:
-                return
-            uniq[addr - ev.sp] = val
+        walk = self.unwinder.fresh_walk(ev.sp, len(ev.stack), u, WALK_READS)
+        if walk is None:
+            return
+        words, bp_used = walk
         # slots fill in order (the BPF side stops at the first empty one); when all are taken the
         # oldest is replaced
         used = self._slots.setdefault((ev.ip, ev.sp), [])
@@ -156,7 +159,7 @@ class CopiedSites:
         else:
             slot = used.pop(0)
             used.append(slot)
-        if self.remember(ev.ip, ev.sp, slot, ev.bp if bp_used else None, sorted(uniq.items()), group):
+        if self.remember(ev.ip, ev.sp, slot, ev.bp if bp_used else None, words, group):
             self.stats.remembered_in_kernel += 1
 
     def stack(self, group: int) -> tuple[tuple[int, ...], str, tuple[tuple[int, int], ...]]:

@@ -214,7 +214,7 @@ class Symbolizer:
         if r is None:
             if not self._in_anon_exec(addr):
                 return None
-            return Code(None, 0, interpreter=self.is_jvm and self._perf_lookup(addr) == "Interpreter")
+            return Code(None, 0, interpreter=self.is_jvm and self._interpreted(addr))
         img = self._image(r)
         vaddr = img.vaddr_of_offset(addr - r.start + r.offset) if img is not None else None
         if vaddr is None:
@@ -304,6 +304,12 @@ class Symbolizer:
         names = demangle([n for n, _, _ in kept])
         return [f"{n} ({o})" for n, (_, o, _) in zip(names, kept, strict=True)]
 
+    def _interpreted(self, addr: int) -> bool:
+        """In a HotSpot JVM's template interpreter: from VMStructs when read, else its perf map."""
+        if self.java_methods is not None and self.java_methods.interpreter[1]:
+            return bool(self.java_methods.in_interpreter(addr))
+        return self._perf_lookup(addr) == "Interpreter"
+
     def stack_frames(self, pcs: Sequence[int], stop: str = STOP_END,
                      methods: Sequence[tuple[int, int]] = ()) -> list[str]:
         """Frames of an unwound stack (pcs[0] the exact sampled ip, the rest return addresses),
@@ -312,7 +318,7 @@ class Symbolizer:
         raws = [self._raw_frame(a, i > 0) for i, a in enumerate(pcs)]
         if methods and self.java_methods is not None:
             for i, method in methods:
-                if 0 <= i < len(raws) and raws[i][0] == JAVA_INTERPRETED:
+                if 0 <= i < len(raws) and raws[i][0] in (JAVA_INTERPRETED, JAVA_UNNAMED):
                     name = self.java_methods.name(method)
                     if name is not None:
                         raws[i] = (name, "interpreted", False)

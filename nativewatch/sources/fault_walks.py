@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nativewatch.malloc_profile.symbolize import Symbolizer
-from nativewatch.unwind.unwinder import STOP_TRUNCATED, STOP_UNMAPPED, CachedUnwinder, Unwound
+from nativewatch.unwind.unwinder import STOP_UNMAPPED, CachedUnwinder, Unwound
 
 __all__ = ["FaultCopy", "FaultWalks", "parse_copy", "COPY_HEADER"]
 
@@ -94,21 +94,13 @@ class FaultWalks:
         return got[0]
 
     def _hand_back(self, c: FaultCopy, u: Unwound, unw: CachedUnwinder, gid: int) -> None:
-        walk = unw.last_walk
-        if self.walks is None or walk is None or u.stop == STOP_TRUNCATED:
+        walk = unw.fresh_walk(c.sp, len(c.stack), u, _WALK_READS) if self.walks is not None else None
+        if walk is None:
             return
-        reads, bp_used = walk
-        uniq: dict[int, int] = {}
-        for addr, val in reads:
-            if val < 0 or not c.sp <= addr <= c.sp + len(c.stack) - 8:
-                return
-            uniq[addr - c.sp] = val
-        if len(uniq) > _WALK_READS:
-            return
+        items, bp_used = walk
         skey = (c.tgid, c.ip, c.sp)
         slot = self._slots.get(skey, 0)
         self._slots[skey] = (slot + 1) % _WALK_SLOTS
-        items = sorted(uniq.items())
         offs = [o for o, _ in items] + [0] * (_WALK_READS - len(items))
         vals = [v for _, v in items] + [0] * (_WALK_READS - len(items))
         value = _WALK_VAL.pack(gid, len(items), int(bp_used), 0, c.bp if bp_used else 0, *offs, *vals)

@@ -20,7 +20,7 @@ import struct
 from array import array
 from dataclasses import dataclass
 
-__all__ = ["CfiError", "Rule", "FrameTable", "RSP", "RBP", "RA", "UNDEFINED", "OFFSET", "VAL_OFFSET",
+__all__ = ["CfiError", "Reader", "Rule", "FrameTable", "RSP", "RBP", "RA", "UNDEFINED", "OFFSET", "VAL_OFFSET",
            "SAME", "EXPR", "VAL_EXPR"]
 
 RBP, RSP, RA = 6, 7, 16  # DWARF register numbers on x86-64 (16: the return address column)
@@ -49,7 +49,12 @@ class Rule:
     signal_frame: bool = False
 
 
-class _Reader:
+# DW_EH_PE value formats of a fixed size: absptr, udata2/4/8, sdata2/4/8
+_FIXED_ENCODINGS = {0x00: ("<Q", 8), 0x02: ("<H", 2), 0x03: ("<I", 4), 0x04: ("<Q", 8),
+                    0x0A: ("<h", 2), 0x0B: ("<i", 4), 0x0C: ("<q", 8)}
+
+
+class Reader:
     __slots__ = ("data", "pos", "end")
 
     def __init__(self, data: bytes | memoryview, pos: int, end: int) -> None:
@@ -118,24 +123,12 @@ class _Reader:
             raise CfiError("omitted pointer")
         field_vaddr = section_vaddr + self.pos
         fmt = enc & 0x0F
-        if fmt == 0x00:
-            v = self.fixed("<Q", 8)
-        elif fmt == 0x01:
+        if fmt == 0x01:
             v = self.uleb()
-        elif fmt == 0x02:
-            v = self.fixed("<H", 2)
-        elif fmt == 0x03:
-            v = self.fixed("<I", 4)
-        elif fmt == 0x04:
-            v = self.fixed("<Q", 8)
         elif fmt == 0x09:
             v = self.sleb()
-        elif fmt == 0x0A:
-            v = self.fixed("<h", 2)
-        elif fmt == 0x0B:
-            v = self.fixed("<i", 4)
-        elif fmt == 0x0C:
-            v = self.fixed("<q", 8)
+        elif fmt in _FIXED_ENCODINGS:
+            v = self.fixed(*_FIXED_ENCODINGS[fmt])
         else:
             raise CfiError(f"pointer encoding {enc:#x}")
         app = enc & 0x70
@@ -188,7 +181,7 @@ class FrameTable:
         """.eh_frame_hdr: version, eh_frame_ptr_enc, fde_count_enc, table_enc, then a table of
         (initial location, FDE address) pairs sorted by location."""
         try:
-            r = _Reader(hdr, 0, len(hdr))
+            r = Reader(hdr, 0, len(hdr))
             if r.u8() != 1:
                 return None, None
             ptr_enc, count_enc, table_enc = r.u8(), r.u8(), r.u8()
@@ -271,7 +264,7 @@ class FrameTable:
         id_pos, end, hdr = self._entry(pos)
         if not self._is_cie(id_pos, hdr):
             raise CfiError("CIE pointer does not point at a CIE")
-        r = _Reader(self.section, id_pos + (8 if hdr == 12 else 4), end)
+        r = Reader(self.section, id_pos + (8 if hdr == 12 else 4), end)
         version = r.u8()
         if version not in (1, 3, 4):
             raise CfiError(f"CIE version {version}")
@@ -315,7 +308,7 @@ class FrameTable:
             self._cies[pos] = cie
         return cie
 
-    def _fde_cie(self, pos: int) -> tuple[_Cie, _Reader]:
+    def _fde_cie(self, pos: int) -> tuple[_Cie, Reader]:
         id_pos, end, hdr = self._entry(pos)
         if self._is_cie(id_pos, hdr):
             raise CfiError("expected an FDE")
@@ -327,7 +320,7 @@ class FrameTable:
             after = id_pos + 4
         cie_pos = ptr if self.debug_frame else id_pos - ptr
         cie = self._cie_at(cie_pos)
-        return cie, _Reader(self.section, after, end)
+        return cie, Reader(self.section, after, end)
 
     def _fde_range(self, pos: int) -> tuple[int, int]:
         cie, r = self._fde_cie(pos)
@@ -430,7 +423,7 @@ class _State:
         self.loc += delta
 
     def execute(self, program: bytes, start: int, out: tuple[array[int], list[Rule]] | None) -> None:
-        r = _Reader(program, 0, len(program))
+        r = Reader(program, 0, len(program))
         ca, da = self.cie.code_align, self.cie.data_align
         steps = 0
         while r.pos < r.end:

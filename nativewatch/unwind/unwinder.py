@@ -29,6 +29,7 @@ from nativewatch.unwind.cfi import (
     VAL_EXPR,
     VAL_OFFSET,
     CfiError,
+    Reader,
     Rule,
 )
 
@@ -117,35 +118,28 @@ _M64 = (1 << 64) - 1
 def _eval(expr: bytes, regs: dict[int, int], stack: _Stack, initial: int | None = None) -> int:
     """The DWARF expressions x86-64 CFI uses in practice: PLT stubs' CFA (rsp, rip, and, ge, shl,
     plus) and signal frames' saved registers (breg, deref). Anything else is _Unknown."""
+    try:
+        return _run_expr(Reader(expr, 0, len(expr)), regs, stack, initial)
+    except CfiError:  # truncated operands
+        raise _Unknown from None
+
+
+# const1u/2u/4u/8u, const1s/2s/4s/8s
+_CONSTS = {0x08: ("<B", 1), 0x0A: ("<H", 2), 0x0C: ("<I", 4), 0x0E: ("<Q", 8),
+           0x09: ("<b", 1), 0x0B: ("<h", 2), 0x0D: ("<i", 4), 0x0F: ("<q", 8)}
+# binary operators on the two top entries (a below b); comparisons are signed, as DWARF says
+_BINARY: dict[int, Callable[[int, int], int]] = {
+    0x1A: lambda a, b: a & b, 0x1C: lambda a, b: a - b, 0x1E: lambda a, b: a * b,
+    0x21: lambda a, b: a | b, 0x22: lambda a, b: a + b, 0x27: lambda a, b: a ^ b,
+    0x24: lambda a, b: a << b if b < 64 else 0, 0x25: lambda a, b: a >> b if b < 64 else 0,
+    0x29: lambda a, b: int(_signed(a) == _signed(b)), 0x2A: lambda a, b: int(_signed(a) >= _signed(b)),
+    0x2B: lambda a, b: int(_signed(a) > _signed(b)), 0x2C: lambda a, b: int(_signed(a) <= _signed(b)),
+    0x2D: lambda a, b: int(_signed(a) < _signed(b)), 0x2E: lambda a, b: int(_signed(a) != _signed(b)),
+}
+
+
+def _run_expr(r: Reader, regs: dict[int, int], stack: _Stack, initial: int | None) -> int:
     vals: list[int] = [] if initial is None else [initial]
-    i = 0
-    n = len(expr)
-
-    def uleb() -> int:
-        nonlocal i
-        result = shift = 0
-        while True:
-            if i >= n or shift > 63:
-                raise _Unknown
-            b = expr[i]
-            i += 1
-            result |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                return result
-
-    def sleb() -> int:
-        nonlocal i
-        result = shift = 0
-        while True:
-            if i >= n or shift > 63:
-                raise _Unknown
-            b = expr[i]
-            i += 1
-            result |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                return result - (1 << shift) if b & 0x40 else result
 
     def pop() -> int:
         if not vals:
@@ -153,62 +147,31 @@ def _eval(expr: bytes, regs: dict[int, int], stack: _Stack, initial: int | None 
         return vals.pop()
 
     steps = 0
-    while i < n:
+    while r.pos < r.end:
         steps += 1
         if steps > 256 or len(vals) > 64:
             raise _Unknown
-        op = expr[i]
-        i += 1
+        op = r.u8()
         if 0x30 <= op <= 0x4F:  # lit0..lit31
             vals.append(op - 0x30)
         elif 0x70 <= op <= 0x8F:  # breg0..breg31
             reg = op - 0x70
             if reg not in regs:
                 raise _Unknown
-            vals.append((regs[reg] + sleb()) & _M64)
+            vals.append((regs[reg] + r.sleb()) & _M64)
         elif op == 0x06:  # deref
             vals.append(stack.word(pop()))
-        elif op in (0x08, 0x0A, 0x0C, 0x0E):  # const1u/2u/4u/8u
-            size = {0x08: 1, 0x0A: 2, 0x0C: 4, 0x0E: 8}[op]
-            if i + size > n:
-                raise _Unknown
-            vals.append(int.from_bytes(expr[i:i + size], "little"))
-            i += size
-        elif op in (0x09, 0x0B, 0x0D, 0x0F):  # const1s/2s/4s/8s
-            size = {0x09: 1, 0x0B: 2, 0x0D: 4, 0x0F: 8}[op]
-            if i + size > n:
-                raise _Unknown
-            vals.append(int.from_bytes(expr[i:i + size], "little", signed=True) & _M64)
-            i += size
+        elif op in _CONSTS:
+            vals.append(r.fixed(*_CONSTS[op]) & _M64)
         elif op == 0x10:  # constu
-            vals.append(uleb() & _M64)
+            vals.append(r.uleb() & _M64)
         elif op == 0x11:  # consts
-            vals.append(sleb() & _M64)
+            vals.append(r.sleb() & _M64)
         elif op == 0x23:  # plus_uconst
-            vals.append((pop() + uleb()) & _M64)
-        elif op in (0x1A, 0x1C, 0x1E, 0x21, 0x22, 0x24, 0x25, 0x27, 0x29, 0x2A, 0x2B, 0x2C, 0x2D, 0x2E):
+            vals.append((pop() + r.uleb()) & _M64)
+        elif op in _BINARY:
             b, a = pop(), pop()
-            if op == 0x1A:
-                v = a & b
-            elif op == 0x1C:
-                v = a - b
-            elif op == 0x1E:
-                v = a * b
-            elif op == 0x21:
-                v = a | b
-            elif op == 0x22:
-                v = a + b
-            elif op == 0x24:
-                v = a << b if b < 64 else 0
-            elif op == 0x25:
-                v = a >> b if b < 64 else 0
-            elif op == 0x27:
-                v = a ^ b
-            else:  # comparisons, signed as DWARF says
-                sa, sb = _signed(a), _signed(b)
-                v = int({0x29: sa == sb, 0x2A: sa >= sb, 0x2B: sa > sb, 0x2C: sa <= sb, 0x2D: sa < sb,
-                         0x2E: sa != sb}[op])
-            vals.append(v & _M64)
+            vals.append(_BINARY[op](a, b) & _M64)
         else:
             raise _Unknown
     if not vals:
@@ -265,6 +228,24 @@ class CachedUnwinder:
 
     def clear(self) -> None:
         self._memo.clear()
+
+    def fresh_walk(self, sp: int, copy_len: int, u: Unwound,
+                   max_words: int) -> tuple[list[tuple[int, int]], bool] | None:
+        """The walk unwind() just did, as sorted (offset from sp, word) pairs that a check of the live
+        stack can compare, and whether it used bp. None when it came from the memo, ran off the copy
+        (a longer stack there could end differently), or depends on more than max_words words."""
+        walk = self.last_walk
+        if walk is None or u.stop == STOP_TRUNCATED:
+            return None
+        reads, bp_used = walk
+        words: dict[int, int] = {}
+        for addr, val in reads:
+            if val < 0 or not sp <= addr <= sp + copy_len - 8:
+                return None
+            words[addr - sp] = val
+        if len(words) > max_words:
+            return None
+        return sorted(words.items()), bp_used
 
     def unwind(self, ip: int, sp: int, bp: int, stack_copy: bytes) -> Unwound:
         key = (ip, sp)
