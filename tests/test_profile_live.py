@@ -416,14 +416,18 @@ def test_cli_profile_json_contract_and_diff(bpf_available, nativewatch_cli, tmp_
         s0 = doc["sites"][0]
         assert set(s0) >= {"frames", "outstanding_bytes", "outstanding_allocations", "allocated_bytes",
                            "oldest_age_s"}
-        assert s0["frames"][0].startswith("leaky_cache_insert (") and s0["outstanding_bytes"] == outs[0][1]
+        # a burst faster than stack copies are unwound keeps some calls on their frame-pointer stack
+        # (said in lost.stack_copies_lost): the function's bytes are then over two sites
+        same = [s for s in doc["sites"] if s["frames"][0].startswith("leaky_cache_insert (")]
+        assert s0 in same and sum(s["outstanding_bytes"] for s in same) == outs[0][1]
+        assert len(same) == 1 or doc["lost"]["stack_copies_lost"] > 0
         assert 0 < s0["oldest_age_s"] < 60
 
         diff = nativewatch_cli("diff", str(tmp_path / "a.json"), str(tmp_path / "b.pb.gz"), "--json", check=True)
         d = json.loads(diff.stdout)
-        top = d["sites"][0]
-        assert top["frames"][0].startswith("leaky_cache_insert (")
-        assert top["delta_outstanding_bytes"] == outs[1][1] - outs[0][1]
+        grew = [s for s in d["sites"] if s["frames"][0].startswith("leaky_cache_insert (")]
+        assert d["sites"][0] in grew
+        assert sum(s["delta_outstanding_bytes"] for s in grew) == outs[1][1] - outs[0][1]
     finally:
         target.stop()
 

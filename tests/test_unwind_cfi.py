@@ -292,3 +292,23 @@ def test_java_method_name_from_a_hand_built_jvm_layout():
 def test_fuzz_java_method_names_never_raise(blob, method):
     name = _names(blob).name(method)
     assert name is None or isinstance(name, str)
+
+
+def test_cfi_is_read_once_per_build_id(tmp_path):
+    """The same library in many containers is many inodes with one build id: one parsed table."""
+    import os as _os
+    import shutil as _shutil
+
+    from nativewatch.unwind.tables import cfi_for_fd
+
+    lib = build_c("xalloc_lib.c", name="libxalloc.so", cflags=["-O2", "-fomit-frame-pointer", "-fPIC", "-shared"])
+    copies = [tmp_path / "a.so", tmp_path / "b.so"]
+    for c in copies:
+        _shutil.copy(lib, c)
+    fds = [_os.open(c, _os.O_RDONLY) for c in copies]
+    try:
+        a, b = (cfi_for_fd(fd) for fd in fds)
+        assert a is b and a.has_cfi
+    finally:
+        for fd in fds:
+            _os.close(fd)

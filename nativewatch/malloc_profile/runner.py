@@ -184,8 +184,10 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
     state_problem: list[str] = []
     try:
         governor = Governor(max_overhead, measure_costs(loaded, plan, proc_root))
-        if sym.is_jvm and jvm_attach and col.copies is not None:
-            _name_interpreted_frames(sym, java, pid, proc_root)
+        if col.copies is not None:
+            sym.prepare_unwinding()
+            if sym.is_jvm and jvm_attach:
+                _name_interpreted_frames(sym, java, pid, proc_root)
         try:
             col.start()
             probes.attach(loaded, plan)

@@ -207,6 +207,13 @@ class Symbolizer:
                 os.close(fd)
         return r.cfi
 
+    def prepare_unwinding(self) -> None:
+        """Read every mapped object's symbols and CFI now: the first stack copies then unwind at
+        once instead of waiting for libc's debug symbols while a burst fills the ring buffer."""
+        for r in list(self._regions):
+            self._image(r)
+            self._cfi(r)
+
     def code_at(self, addr: int) -> Code | None:
         """What an unwinder needs at addr: the object's CFI and its link-time offset, anonymous code
         (no CFI), or None when nothing executable is mapped there."""

@@ -1,4 +1,4 @@
-"""The CFI of one mapped file, read once per file and kept in a bounded cache.
+"""The CFI of one mapped file, read once per build id and kept in a bounded cache.
 
 Sources, best first: `.eh_frame` with `.eh_frame_hdr` (found by section header, or by the
 PT_GNU_EH_FRAME program header when section headers are stripped), `.debug_frame` in the file, then
@@ -140,32 +140,54 @@ def load_cfi(f: BinaryIO, debug_dir: str | None = DEBUG_BUILD_ID_DIR) -> ObjectC
 
 
 _lock = threading.Lock()
-_cache: OrderedDict[tuple[int, int, int, int], ObjectCfi] = OrderedDict()
+_CacheKey = str | tuple[int, int, int, int]
+_cache: OrderedDict[_CacheKey, ObjectCfi] = OrderedDict()
+_idents: dict[tuple[int, int, int, int], _CacheKey] = {}  # file identity -> its cache key
 # Every ObjectCfi still referenced (a symbolizer's region holds its file's): one evicted from the LRU
 # but in use is found here instead of being read, and held, twice.
-_alive: weakref.WeakValueDictionary[tuple[int, int, int, int], ObjectCfi] = weakref.WeakValueDictionary()
+_alive: weakref.WeakValueDictionary[_CacheKey, ObjectCfi] = weakref.WeakValueDictionary()
 cachestats.register("cfi_files", lambda: len(_cache))
 
 
-def cfi_for_fd(fd: int) -> ObjectCfi:
-    """The CFI of the file open at fd (the caller keeps the fd), cached by file identity."""
-    st = os.fstat(fd)
-    ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+def _key_of(fd: int, ident: tuple[int, int, int, int]) -> str | tuple[int, int, int, int]:
+    """The build id (the same library in many containers is one entry), else the file identity."""
+    key = _idents.get(ident)
+    if key is not None:
+        return key
+    bid = ""
+    try:
+        with os.fdopen(os.dup(fd), "rb") as f:
+            bid = build_id(ELFFile(f))
+    except _ELF_ERRORS:
+        pass
+    key = f"build-id:{bid}" if len(bid) >= 8 else ident
     with _lock:
-        hit = _cache.get(ident)
+        if len(_idents) >= 4096:
+            _idents.clear()
+        _idents[ident] = key
+    return key
+
+
+def cfi_for_fd(fd: int) -> ObjectCfi:
+    """The CFI of the file open at fd (the caller keeps the fd), cached by build id (or by file
+    identity when the file has none)."""
+    st = os.fstat(fd)
+    key = _key_of(fd, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    with _lock:
+        hit = _cache.get(key)
         if hit is not None:
-            _cache.move_to_end(ident)
+            _cache.move_to_end(key)
             return hit
-        hit = _alive.get(ident)
+        hit = _alive.get(key)
         if hit is not None:
-            _cache[ident] = hit
+            _cache[key] = hit
             _trim()
             return hit
     with os.fdopen(os.dup(fd), "rb") as f:
         cfi = load_cfi(f)
     with _lock:
-        _cache[ident] = cfi
-        _alive[ident] = cfi
+        _cache[key] = cfi
+        _alive[key] = cfi
         _trim()
     return cfi
 
