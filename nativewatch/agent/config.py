@@ -11,6 +11,7 @@ from typing import Any
 
 from nativewatch.growth import DEFAULT_WINDOW_S, GrowthPolicy
 from nativewatch.malloc_profile.governor import DEFAULT_MAX_OVERHEAD
+from nativewatch.unwind.stackcopy import check_stack_copy
 
 __all__ = ["AgentConfig", "ConfigError", "load_config", "parse_listen"]
 
@@ -124,9 +125,10 @@ class AgentConfig:
             raise ConfigError("page_fault_sample_every must be >= 1")
         if self.page_fault_max_entries < 1 or self.page_fault_stack_entries < 1:
             raise ConfigError("page_fault_max_entries and page_fault_stack_entries must be >= 1")
-        if self.page_fault_stack_copy and (self.page_fault_stack_copy % 8
-                                           or not 512 <= self.page_fault_stack_copy <= 65536):
-            raise ConfigError("page_fault_stack_copy must be 0 or a multiple of 8 from 512 to 65536")
+        try:
+            check_stack_copy(self.page_fault_stack_copy)
+        except ValueError as exc:
+            raise ConfigError(f"page_fault_stack_copy: {exc}") from None
         if self.auto_capture_max_overhead is not None and not 0 <= self.auto_capture_max_overhead <= 64:
             raise ConfigError("auto_capture_max_overhead must be a share of one core, 0 for no limit")
         if self.dead_max < 0:

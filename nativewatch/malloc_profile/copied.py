@@ -14,14 +14,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nativewatch.malloc_profile.probes import (
-    STACK_COPIED,
-    WALK_READS,
-    WALK_SLOTS,
-    CopiedAlloc,
-    RawSite,
-    StackEvent,
-)
+from nativewatch.malloc_profile.probes import STACK_COPIED, CopiedAlloc, RawSite, StackEvent
+from nativewatch.unwind.stackcopy import WALK_READS, WalkSlots
 from nativewatch.unwind.unwinder import (
     STOP_END,
     STOP_UNMAPPED,
@@ -47,12 +41,12 @@ class UnwindStats:
     fp_frames: int = 0       # frames found through frame pointers (objects without CFI, JIT code)
     seconds: float = 0.0     # spent unwinding
     cancelled: int = 0
-    remembered: int = 0      # stacks whose walk was found in the memo
     remembered_in_kernel: int = 0  # walks handed to the BPF side (later calls from them need no copy)
 
-    def to_json(self, stops: Counter[str]) -> dict[str, object]:
+    def to_json(self, stops: Counter[str], remembered: int) -> dict[str, object]:
+        """`remembered`: stacks whose walk was found in the memo."""
         return {"stacks": self.stacks, "frames": self.frames, "frame_pointer_frames": self.fp_frames,
-                "remembered": self.remembered, "walks_handed_to_kernel": self.remembered_in_kernel,
+                "remembered": remembered, "walks_handed_to_kernel": self.remembered_in_kernel,
                 "stopped_early": {k: v for k, v in sorted(stops.items()) if k != STOP_END},
                 "cancelled": self.cancelled,
                 "stacks_per_second": round(self.stacks / self.seconds) if self.seconds > 0 else None}
@@ -76,7 +70,7 @@ class CopiedSites:
         self._ids: dict[int, tuple[int, int, float]] = {}  # live-or-recent sample id -> (group, wbytes, wcount)
         self._absent: set[int] = set()
         self._last_refresh = 0.0
-        self._slots: dict[tuple[int, int], list[int]] = {}  # (ip, sp) -> walk slots in the kernel, oldest first
+        self._slots = WalkSlots()  # by (ip, sp)
         self.stats = UnwindStats()
         self.stops: Counter[str] = Counter()
 
@@ -95,7 +89,6 @@ class CopiedSites:
         u = self._unwind(ev)
         self.stats.seconds += time.perf_counter() - t0
         self.stats.stacks += 1
-        self.stats.remembered = self.unwinder.hits
         self.stats.frames += len(u.pcs)
         self.stats.fp_frames += u.fp_frames
         self.stops[u.stop] += 1
@@ -150,17 +143,12 @@ class CopiedSites:
         if walk is None:
             return
         words, bp_used = walk
-        # slots fill in order (the BPF side stops at the first empty one); when all are taken the
-        # oldest is replaced
-        used = self._slots.setdefault((ev.ip, ev.sp), [])
-        if len(used) < WALK_SLOTS:
-            slot = len(used)
-            used.append(slot)
-        else:
-            slot = used.pop(0)
-            used.append(slot)
+        slot = self._slots.take((ev.ip, ev.sp))
         if self.remember(ev.ip, ev.sp, slot, ev.bp if bp_used else None, words, group):
             self.stats.remembered_in_kernel += 1
+
+    def report(self) -> dict[str, object]:
+        return self.stats.to_json(self.stops, self.unwinder.hits)
 
     def stack(self, group: int) -> tuple[tuple[int, ...], str, tuple[tuple[int, int], ...]]:
         """(pcs, why the walk stopped, interpreter frames' Method*) of a group."""
@@ -193,6 +181,3 @@ class CopiedSites:
                          max(0, round(self._alloc[g][0])), max(0, round(self._alloc[g][1])))
                  for g in range(len(self._stacks))]
         return sites, oldest
-
-    def tracked_ids(self) -> int:
-        return len(self._ids)

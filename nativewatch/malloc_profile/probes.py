@@ -26,6 +26,7 @@ from nativewatch.malloc_profile.uprobe_link import (
     open_perf_uprobe,
 )
 from nativewatch.sources import bpf as bpfload
+from nativewatch.unwind.stackcopy import WALK_READS, WALK_SLOTS, check_stack_copy, pack_walk
 
 __all__ = ["PROGRAM", "build_defines", "dump_source", "load", "attach", "detach", "Loaded",
            "RawSite", "read_counters", "read_sites", "read_oldest", "read_stack", "read_hits", "reset",
@@ -44,9 +45,6 @@ HIT_NAMES = ("alloc", "free", "return")
 # the default interval. Exact: 262144 live blocks (~25 MiB of kernel memory); beyond, map_full counts.
 DEFAULT_MAX_ALLOCS = {"sampled": 65536, "exact": 262144}
 
-# Stack copies: bounded by the ring buffer's record limit and by what one BPF program may hold.
-MIN_STACK_COPY = 512
-MAX_STACK_COPY = 65536
 # The ring buffer holds this many copies in flight between two drains (user space drains as events
 # arrive and unwinds ~20,000-35,000 stacks a second). Sampled: 500 is far above what byte sampling
 # picks at any interval worth using. Exact mode copies every call: 4,000 absorbs a burst; beyond,
@@ -87,11 +85,9 @@ def build_defines(*, mode: str, interval_bytes: int, max_allocs: int | None = No
 
 
 def _stack_copy_defines(stack_copy: int, ring_pages: int) -> dict[str, int | str]:
+    check_stack_copy(stack_copy)
     if stack_copy == 0:
         return {}
-    if not MIN_STACK_COPY <= stack_copy <= MAX_STACK_COPY or stack_copy % 8:
-        raise ValueError(f"stack copy must be 0 (off) or a multiple of 8 from {MIN_STACK_COPY} to "
-                         f"{MAX_STACK_COPY} bytes, not {stack_copy}")
     pages = ring_pages
     if pages & (pages - 1) or pages < 16:
         raise ValueError(f"ring buffer pages must be a power of two >= 16, not {pages}")
@@ -330,8 +326,6 @@ def _items(table: Any) -> Iterator[tuple[Any, Any]]:
 # ---- stack copies (STACK_COPY > 0) -------------------------------------------------------------
 STACK_COPIED = -1000  # bpf/malloc_sites.h
 STACK_WALKED = -1001
-WALK_READS = 32
-WALK_SLOTS = 4
 _EV_SAMPLE, _EV_CANCEL = 1, 2
 _EVENT_HEADER = struct.Struct("<IIQQQQQQQII")  # struct stack_event up to stack[]
 _CANCEL = struct.Struct("<IIQ")
@@ -394,22 +388,17 @@ def poll_events(loaded: Loaded, timeout_s: float) -> None:
 
 
 def remember_walk(loaded: Loaded, ip: int, sp: int, slot: int, bp: int | None,
-                  reads: list[tuple[int, int]], group: int) -> bool:
-    """Tell the BPF side that a stack at (ip, sp) whose words at `reads` (offset from sp, value) hold
-    those values is group `group` (and so needs no copy); `slot` (< WALK_SLOTS) is which of the walks
-    at (ip, sp) this is, filled in order. False when it cannot be remembered there."""
-    if not loaded.stack_copy or len(reads) > WALK_READS or not 0 <= slot < WALK_SLOTS:
+                  words: list[tuple[int, int]], group: int) -> bool:
+    """Tell the BPF side that a stack at (ip, sp) whose `words` (offset from sp, value) hold those
+    values is group `group` (and so needs no copy); `slot` (< WALK_SLOTS) is which of the walks at
+    (ip, sp) this is. False when it cannot be remembered there."""
+    if not loaded.stack_copy or len(words) > WALK_READS or not 0 <= slot < WALK_SLOTS:
         return False
     walks = loaded.bpf[b"walks"]
     k = walks.Key()
     k.ip, k.sp, k.slot = ip, sp, slot
-    v = walks.Leaf()
-    v.group, v.n = group, len(reads)
-    v.use_bp, v.bp = (0, 0) if bp is None else (1, bp)
-    for i, (off, val) in enumerate(reads):
-        v.off[i], v.val[i] = off, val
     try:
-        walks[k] = v
+        walks[k] = walks.Leaf.from_buffer_copy(pack_walk(group, words, bp))
     except Exception:  # noqa: BLE001 - bcc raises a bare Exception when the map is full
         return False
     return True

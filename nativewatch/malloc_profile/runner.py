@@ -164,8 +164,9 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
     target exits, or the capture would cost the target more than `max_overhead` of a core; None: no
     limit). `via` forces an attach rung. `stack_copy` bytes of user stack are copied per sampled
     allocation and unwound with CFI (0: the kernel's frame-pointer walk only); `remember_walks` False
-    makes every sampled call copy its stack even when it repeats a walk (to measure what a copy costs). `jvm_attach` allows asking a verified HotSpot JVM for its perf
-    map (javaperfmap) so JIT frames are named. Raises ProcessGone if pid is gone before attaching,
+    makes every sampled call copy its stack even when it repeats a walk (to measure what a copy
+    costs). `jvm_attach` allows asking a verified HotSpot JVM for its perf map (javaperfmap) so JIT
+    frames are named, and reading its interpreted frames' methods (jvm.vmstructs). Raises ProcessGone if pid is gone before attaching,
     SourceUnavailable if eBPF cannot be used."""
     if duration_s <= 0:
         raise ValueError("duration must be positive")
@@ -303,4 +304,4 @@ def _stacks_report(loaded: probes.Loaded, col: _Collector, counters: dict[str, i
     # copied: unwound from a copy; known: matched a walk already done, in the kernel, with no copy
     return {"method": "stack copy + CFI", "stack_copy_bytes": loaded.stack_copy,
             "copied": col.copies.stats.stacks, "known": counters["walks_known"],
-            "copies_lost": counters["copies_lost"], "unwind": col.copies.stats.to_json(col.copies.stops)}
+            "copies_lost": counters["copies_lost"], "unwind": col.copies.report()}

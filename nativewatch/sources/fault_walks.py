@@ -15,14 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nativewatch.malloc_profile.symbolize import Symbolizer
+from nativewatch.unwind.stackcopy import WALK_READS, WalkSlots, pack_walk
 from nativewatch.unwind.unwinder import STOP_UNMAPPED, CachedUnwinder, Unwound
 
 __all__ = ["FaultCopy", "FaultWalks", "parse_copy", "COPY_HEADER"]
 
 COPY_HEADER = struct.Struct("<IIQQQ")  # struct fault_copy_t up to stack[]
 _WALK_KEY = struct.Struct("<IIQQ")     # struct walk_key_t
-_WALK_READS, _WALK_SLOTS = 32, 4       # bpf/stack_copy.h
-_WALK_VAL = struct.Struct(f"<IIIIQ{_WALK_READS}I{_WALK_READS}Q")
 _COUNT_KEY = struct.Struct("<II")
 
 
@@ -55,7 +54,7 @@ class FaultWalks:
         self._frames: dict[int, tuple[str, ...]] = {}
         self._by_pid: dict[int, set[int]] = {}
         self._unwinders: dict[int, tuple[CachedUnwinder, int]] = {}
-        self._slots: dict[tuple[int, int, int], int] = {}
+        self._slots = WalkSlots()  # by (tgid, ip, sp)
         self.unwound = 0
         self.handed_back = 0
 
@@ -94,16 +93,12 @@ class FaultWalks:
         return got[0]
 
     def _hand_back(self, c: FaultCopy, u: Unwound, unw: CachedUnwinder, gid: int) -> None:
-        walk = unw.fresh_walk(c.sp, len(c.stack), u, _WALK_READS) if self.walks is not None else None
+        walk = unw.fresh_walk(c.sp, len(c.stack), u, WALK_READS) if self.walks is not None else None
         if walk is None:
             return
-        items, bp_used = walk
-        skey = (c.tgid, c.ip, c.sp)
-        slot = self._slots.get(skey, 0)
-        self._slots[skey] = (slot + 1) % _WALK_SLOTS
-        offs = [o for o, _ in items] + [0] * (_WALK_READS - len(items))
-        vals = [v for _, v in items] + [0] * (_WALK_READS - len(items))
-        value = _WALK_VAL.pack(gid, len(items), int(bp_used), 0, c.bp if bp_used else 0, *offs, *vals)
+        words, bp_used = walk
+        slot = self._slots.take((c.tgid, c.ip, c.sp))
+        value = pack_walk(gid, words, c.bp if bp_used else None)
         try:
             if self.walks.update(_WALK_KEY.pack(c.tgid, slot, c.ip, c.sp), value):  # type: ignore[attr-defined]
                 self.handed_back += 1
@@ -138,8 +133,7 @@ class FaultWalks:
         for key in [k for k in self._groups if k[0] == pid]:
             del self._groups[key]
         self._unwinders.pop(pid, None)
-        for key in [k for k in self._slots if k[0] == pid]:
-            del self._slots[key]
+        self._slots.drop(lambda k: k[0] == pid)  # type: ignore[index]
 
     def sizes(self) -> dict[str, int]:
         return {"fault_walk_groups": len(self._groups), "fault_walk_unwinders": len(self._unwinders)}

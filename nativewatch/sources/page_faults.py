@@ -26,6 +26,7 @@ from nativewatch.malloc_profile.symbolize import Symbolizer
 from nativewatch.sources.bpf import ProgramSpec, load_one, program_text
 from nativewatch.sources.bpfsys import RingBuffer
 from nativewatch.sources.fault_walks import FaultCopy, FaultWalks, parse_copy
+from nativewatch.unwind.stackcopy import check_stack_copy
 
 __all__ = ["FaultStack", "PageFaultSampler", "top_stacks", "with_return_hint"]
 
@@ -150,8 +151,7 @@ class PageFaultSampler:
     def __init__(self, sample_every: int = 64, *, max_entries: int = 16384, stack_entries: int = 8192,
                  proc_root: str = "/proc", stack_copy: int = DEFAULT_STACK_COPY,
                  ring_pages: int = DEFAULT_RING_PAGES) -> None:
-        if stack_copy and (stack_copy % 8 or not 512 <= stack_copy <= 65536):
-            raise ValueError(f"stack copy must be 0 or a multiple of 8 from 512 to 65536, not {stack_copy}")
+        check_stack_copy(stack_copy)
         if ring_pages < 16 or ring_pages & (ring_pages - 1):
             raise ValueError(f"ring pages must be a power of two >= 16, not {ring_pages}")
         self.sample_every = sample_every

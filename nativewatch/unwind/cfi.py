@@ -79,26 +79,19 @@ class Reader:
         return int(v)
 
     def uleb(self) -> int:
-        result = shift = 0
-        while True:
-            b = self.u8()
-            result |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                return result
-            if shift > 70:
-                raise CfiError("LEB128 too long")
+        return self._leb(signed=False)
 
     def sleb(self) -> int:
+        return self._leb(signed=True)
+
+    def _leb(self, *, signed: bool) -> int:
         result = shift = 0
         while True:
             b = self.u8()
             result |= (b & 0x7F) << shift
             shift += 7
             if not b & 0x80:
-                if b & 0x40:
-                    result -= 1 << shift
-                return result
+                return result - (1 << shift) if signed and b & 0x40 else result
             if shift > 70:
                 raise CfiError("LEB128 too long")
 
