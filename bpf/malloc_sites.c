@@ -368,6 +368,57 @@ static __always_inline int copy_stack(struct pt_regs *ctx, u32 tid, u32 kind, u6
 }
 #endif
 
+/* The stack of a sampled call: a walk user space already did, else a copy for it to unwind, else the
+ * kernel's frame-pointer walk. */
+static __always_inline void site_stack(struct pt_regs *ctx, u32 tid, u32 kind, u64 size, struct site_key *site)
+{
+#if STACK_COPY
+    if (known_walk(ctx, site) || copy_stack(ctx, tid, kind, size, site))
+        return;
+#endif
+    site->stackid = stacks.get_stackid(ctx, BPF_F_USER_STACK);
+    if (site->stackid < 0)
+        count(C_STACK_LOST);
+}
+
+/* A sampled allocation of `size` at `ptr` made from `site`: account it to the site (unless its stack
+ * was copied: user space aggregates those) and remember it for its free. */
+static __always_inline int record(u64 ptr, struct site_key *site, u64 size, u64 ts_ns)
+{
+    u64 wbytes = scaled_bytes(size);
+    u64 wcount = size ? (wbytes << FX_SHIFT) / size : (1ULL << FX_SHIFT);
+
+    struct site_val *s = 0;
+    if (site->stackid != STACK_COPIED) {
+        struct site_val zero = {};
+        s = sites.lookup_or_try_init(site, &zero);
+        if (!s) {
+            count(C_SITES_FULL);
+            return 0;
+        }
+        __sync_fetch_and_add(&s->alloc_bytes, wbytes);
+        __sync_fetch_and_add(&s->alloc_count_fx, wcount);
+    }
+
+    /* An address still present means its free was missed: retire the old record first. */
+    release(ptr, 0);
+    struct alloc_val a = {};
+    a.site = *site;
+    a.size = size;
+    a.wbytes = wbytes;
+    a.wcount_fx = wcount;
+    a.ts_ns = ts_ns;
+    if (allocs.update(&ptr, &a) != 0) {
+        count(C_MAP_FULL);
+        return 0;
+    }
+    if (s) {
+        __sync_fetch_and_add(&s->out_bytes, (s64)wbytes);
+        __sync_fetch_and_add(&s->out_count_fx, (s64)wcount);
+    }
+    return 0;
+}
+
 /* Return half. `every_call`: this program runs after every allocating call (not only sampled ones),
  * so a missing record is the normal case, not a lost event. */
 static __always_inline int alloc_return(struct pt_regs *ctx, u32 tid, int every_call)
@@ -396,38 +447,7 @@ static __always_inline int alloc_return(struct pt_regs *ctx, u32 tid, int every_
         return 0;
     }
 
-    u64 wbytes = scaled_bytes(pv.size);
-    u64 wcount = pv.size ? (wbytes << FX_SHIFT) / pv.size : (1ULL << FX_SHIFT);
-
-    struct site_val *s = 0;
-    if (pv.site.stackid != STACK_COPIED) {
-        struct site_val zero = {};
-        s = sites.lookup_or_try_init(&pv.site, &zero);
-        if (!s) {
-            count(C_SITES_FULL);
-            return 0;
-        }
-        __sync_fetch_and_add(&s->alloc_bytes, wbytes);
-        __sync_fetch_and_add(&s->alloc_count_fx, wcount);
-    }
-
-    /* An address still present means its free was missed: retire the old record first. */
-    release(ptr, 0);
-    struct alloc_val a = {};
-    a.site = pv.site;
-    a.size = pv.size;
-    a.wbytes = wbytes;
-    a.wcount_fx = wcount;
-    a.ts_ns = pv.ts_ns;
-    if (allocs.update(&ptr, &a) != 0) {
-        count(C_MAP_FULL);
-        return 0;
-    }
-    if (s) {
-        __sync_fetch_and_add(&s->out_bytes, (s64)wbytes);
-        __sync_fetch_and_add(&s->out_count_fx, (s64)wcount);
-    }
-    return 0;
+    return record(ptr, &pv.site, pv.size, pv.ts_ns);
 }
 
 /* Entry half: returns 0 when the call is sampled (its record waits for the return), 1 otherwise. */
@@ -499,14 +519,7 @@ static __always_inline int alloc_entry(struct pt_regs *ctx, u32 tid, u32 kind)
     struct pending_val pv = {};
     pv.site.kind = kind;
     pv.site.caller = caller;
-#if STACK_COPY
-    if (!known_walk(ctx, &pv.site) && !copy_stack(ctx, tid, kind, size, &pv.site))
-#endif
-    {
-        pv.site.stackid = stacks.get_stackid(ctx, BPF_F_USER_STACK);
-        if (pv.site.stackid < 0)
-            count(C_STACK_LOST);
-    }
+    site_stack(ctx, tid, kind, size, &pv.site);
     pv.size = size;
     pv.memptr = memptr;
     pv.ts_ns = bpf_ktime_get_ns();
@@ -597,3 +610,37 @@ int on_free(struct pt_regs *ctx)
 FREE_KIND_PROGRAM(1)
 FREE_KIND_PROGRAM(2)
 FREE_KIND_PROGRAM(3)
+
+
+/* The in-process sampler (nativewatch/inject/nwsampler.c) calls nw_report_alloc(ptr, size, kind,
+ * caller) only for the allocations it sampled, with the same Poisson scheme, and nw_report_free(ptr)
+ * only for addresses it sampled: one entry probe on each, no return half, no trap for the other calls. */
+int on_report_alloc(struct pt_regs *ctx)
+{
+    u32 tid = target_tid();
+    if (!tid)
+        return 0;
+    hit(H_ALLOC);
+    u64 ptr = PT_REGS_PARM1(ctx);
+    u64 size = PT_REGS_PARM2(ctx);
+    u32 kind = (u32)PT_REGS_PARM3(ctx);
+    if (ptr == 0)
+        return 0;
+    count(C_SAMPLED);
+    struct site_key site = {};
+    site.kind = kind;
+    site.caller = PT_REGS_PARM4(ctx);
+    site_stack(ctx, tid, kind, size, &site);
+    return record(ptr, &site, size, bpf_ktime_get_ns());
+}
+
+int on_report_free(struct pt_regs *ctx)
+{
+    if (!target_tid())
+        return 0;
+    hit(H_FREE);
+    u64 addr = PT_REGS_PARM1(ctx);
+    if (addr)
+        release(addr, 0);
+    return 0;
+}

@@ -59,8 +59,13 @@ def render_text(r: ProfileResult, top: int) -> str:
               help="sampled: byte-based sampling (low overhead); exact: record every allocation.")
 @click.option("--interval", type=SIZE, default=str(DEFAULT_INTERVAL), show_default=True,
               help="Mean sampling interval in bytes (sampled mode).")
-@click.option("--via", type=click.Choice(list(RUNGS)), default=None,
-              help="Force how the probes attach (default: the best this kernel supports; see `doctor`).")
+@click.option("--via", type=click.Choice(["auto", "inject", *RUNGS]), default="auto", show_default=True,
+              help="How to capture: inject = the in-process sampler (no kernel trap per unsampled call); "
+                   "session/multi/perf = uprobes on the allocator; auto = inject when allowed and safe, else "
+                   "the best uprobe rung (see `doctor`).")
+@click.option("--inject/--no-inject", "allow_inject", default=True, show_default=True,
+              help="Whether auto may put the sampler into the process (never with --no-inject, or when "
+                   "NATIVEWATCH_NO_INJECT is set).")
 @click.option("--max-overhead", default=f"{DEFAULT_MAX_OVERHEAD:.0%}", show_default=True,
               help="Stop the capture early when it would cost the target more than this share of one core "
                    "('none': no limit).")
@@ -73,25 +78,28 @@ def render_text(r: ProfileResult, top: int) -> str:
 @click.option("--proc-root", default="/proc", show_default=True, hidden=True)
 @click.option("--dump-bpf", is_flag=True, hidden=True, help="Print the final BPF program and exit.")
 def command(pid: int, duration: float, as_json: bool, output: str | None, mode: str, interval: int,
-            via: str | None, max_overhead: str, top: int, jvm: bool, stack_copy: int, proc_root: str,
-            dump_bpf: bool) -> None:
+            via: str, allow_inject: bool, max_overhead: str, top: int, jvm: bool, stack_copy: int,
+            proc_root: str, dump_bpf: bool) -> None:
     """Outstanding malloc/mmap memory by call stack (sites sorted by bytes, with age)."""
     if pid <= 0:
         fail(f"invalid pid: {pid}")
     if duration <= 0:
         fail("duration must be positive")
+    if via == "inject" and not allow_inject:
+        fail("--via inject contradicts --no-inject")
+    rung = via if via in RUNGS else ("inject" if via == "inject" else "session")
     try:
         budget = parse_overhead(max_overhead)
-        defines = probes.build_defines(mode=mode, interval_bytes=interval, rung=via or "session",
-                                       stack_copy=stack_copy if supports_stack_copy(via or "session") else 0)
+        defines = probes.build_defines(mode=mode, interval_bytes=interval, rung=rung,
+                                       stack_copy=stack_copy if supports_stack_copy(rung) else 0)
     except ValueError as exc:
         fail(str(exc))
     if dump_bpf:
         try:  # with the target's C++ nest range when it can be resolved
             plan = resolve(pid, proc_root)
             defines = probes.build_defines(mode=mode, interval_bytes=interval, nest_range=plan.nest_range,
-                                           rung=via or "session",
-                                           stack_copy=stack_copy if supports_stack_copy(via or "session") else 0)
+                                           rung=rung,
+                                           stack_copy=stack_copy if supports_stack_copy(rung) else 0)
         except (ProcessGone, AccessDenied, SourceUnavailable):
             pass
         click.echo(probes.dump_source(defines))
@@ -106,7 +114,7 @@ def command(pid: int, duration: float, as_json: bool, output: str | None, mode: 
     try:
         result = run_profile(pid, duration, mode=mode, interval_bytes=interval, stop=stop, proc_root=proc_root,
                              on_attached=attached, via=via, max_overhead=budget, jvm_attach=jvm,
-                             stack_copy=stack_copy)
+                             stack_copy=stack_copy, allow_inject=allow_inject)
     except (ProcessGone, AccessDenied) as exc:
         pid_errors(pid, exc)
     except SourceUnavailable as exc:

@@ -22,7 +22,7 @@ die() { log "ERROR: $*"; exit 1; }
 # Build stage: an interpreter that can make a venv. Runtime stage: the interpreter, Debian's bcc
 # (python module + libbcc + its LLVM/clang libraries, needed at run time to compile the probes) and CA
 # certificates for the API server. No compiler, make or pip in the runtime stage.
-APT_BUILD=(python3 python3-venv ca-certificates linux-headers-amd64)
+APT_BUILD=(python3 python3-venv ca-certificates linux-headers-amd64 gcc)
 APT_RUNTIME=(python3 python3-bpfcc ca-certificates)
 
 step_apt() {
@@ -67,6 +67,9 @@ step_install() {
     purelib=$(venv_purelib "$prefix")
     mkdir -p "$purelib/bpf"
     cp "$src"/bpf/*.c "$src"/bpf/*.h "$purelib/bpf/" 2>/dev/null || cp "$src"/bpf/*.c "$purelib/bpf/"
+    # The in-process sampler (profile --via inject) is compiled here, in the build stage, beside its
+    # Python side; the runtime stage gets the object, not the compiler.
+    sh "$src/nativewatch/inject/build-sampler.sh" "$purelib/nativewatch/inject/nwsampler.so"
     log "installed $("$prefix/venv/bin/nativewatch" --version) into $prefix/venv"
 }
 

@@ -67,4 +67,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[test]"
     touch "$stamp"
 fi
+# The in-process allocation sampler (profile --via inject): a C shared object built next to its Python
+# side; rebuilt when its source is newer.
+sampler=nativewatch/inject/nwsampler.so
+if [ ! -f "$sampler" ] || [ nativewatch/inject/nwsampler.c -nt "$sampler" ] \
+        || [ nativewatch/inject/build-sampler.sh -nt "$sampler" ]; then
+    log "building $sampler"
+    sh nativewatch/inject/build-sampler.sh "$sampler"
+fi
 log "ready: $VENV/bin/nativewatch"

@@ -274,6 +274,7 @@ class Agent:
                 f"{duration_s:g}s", "--mode", "sampled", "--json", "--proc-root", self.cfg.proc_root,
                 "--max-overhead", repr(self.cfg.auto_capture_max_overhead or 0),
                 "--jvm" if self._may_attach() else "--no-jvm",
+                "--inject" if self.cfg.inject else "--no-inject",
                 *(["-o", str(pprof)] if pprof is not None else [])]
 
     def _profile_in_child(self, pid: int, duration_s: float, pprof: Path | None) -> dict[str, Any]:

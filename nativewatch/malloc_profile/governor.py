@@ -34,14 +34,20 @@ class HitCosts:
     free_ns: float
     return_ns: float
     source: str  # how they were obtained: "measured", "cached", or "default: <why>"
+    # in-process sampling (nativewatch/inject): each hooked allocation call's own cost (hits count
+    # only the sampled calls that reach a probe)
+    hook_ns: float = 0.0
 
     def cost_ns(self, hits: dict[str, int]) -> float:
         return (hits.get("alloc", 0) * self.alloc_ns + hits.get("free", 0) * self.free_ns
-                + hits.get("return", 0) * self.return_ns)
+                + hits.get("return", 0) * self.return_ns + hits.get("hooked", 0) * self.hook_ns)
 
     def to_json(self) -> dict[str, Any]:
-        return {"alloc": round(self.alloc_ns, 1), "free": round(self.free_ns, 1),
-                "return": round(self.return_ns, 1), "source": self.source}
+        out: dict[str, Any] = {"alloc": round(self.alloc_ns, 1), "free": round(self.free_ns, 1),
+                               "return": round(self.return_ns, 1), "source": self.source}
+        if self.hook_ns:
+            out["hooked_call"] = round(self.hook_ns, 1)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,8 @@ class OverheadReport:
 
 
 def _calls(hits: dict[str, int]) -> int:
+    if "hooked" in hits:  # in-process sampling: allocation calls, sampled or not
+        return hits["hooked"]
     return hits.get("alloc", 0) + hits.get("free", 0)
 
 

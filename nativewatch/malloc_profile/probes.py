@@ -31,7 +31,7 @@ from nativewatch.unwind.stackcopy import WALK_READS, WALK_SLOTS, check_stack_cop
 __all__ = ["PROGRAM", "build_defines", "dump_source", "load", "attach", "detach", "Loaded",
            "RawSite", "read_counters", "read_sites", "read_oldest", "read_stack", "read_hits", "reset",
            "COUNTER_NAMES", "HIT_NAMES", "StackEvent", "CopiedAlloc", "open_events", "drain_events", "poll_events",
-           "read_live", "STACK_COPIED", "STACK_WALKED", "remember_walk", "forget_walks"]
+           "read_live", "attach_reports", "STACK_COPIED", "STACK_WALKED", "remember_walk", "forget_walks"]
 
 PROGRAM = "malloc_sites.c"
 
@@ -117,6 +117,9 @@ _RUNG_PROGRAMS = {
     "multi": (("on_alloc", BPF_TRACE_UPROBE_MULTI), ("on_alloc_ret", BPF_TRACE_UPROBE_MULTI),
               ("on_free", BPF_TRACE_UPROBE_MULTI)),
     "perf": (("on_alloc_ret", -1),),
+    # the in-process sampler's report functions (nativewatch/inject): entry probes only
+    "inject": (("on_report_alloc", BPF_TRACE_UPROBE_MULTI), ("on_report_free", BPF_TRACE_UPROBE_MULTI)),
+    "inject-perf": (("on_report_alloc", -1), ("on_report_free", -1)),
 }
 
 
@@ -219,6 +222,22 @@ def attach(loaded: Loaded, plan: ProbePlan, *, pid: int | None = None,
         detach(loaded)
         raise SourceUnavailable(f"cannot attach uprobes to pid {pid} via {loaded.rung}: {exc.strerror or exc}") \
             from exc
+
+
+def attach_reports(loaded: Loaded, pid: int, path: str, alloc_offset: int, free_offset: int) -> None:
+    """Probe the in-process sampler's two report functions (file offsets in `path`, the sampler as
+    mapped in pid) for process pid. On failure nothing stays attached."""
+    set_target(loaded, pid, _stack_top(pid) if loaded.stack_copy else 0)
+    try:
+        for name, off in (("on_report_alloc", alloc_offset), ("on_report_free", free_offset)):
+            prog = _program(loaded, name)
+            if loaded.rung == "inject":
+                loaded.links.append(create_uprobe_multi(prog, path, [off], [0], pid, session=False))
+            else:
+                loaded.links.append(open_perf_uprobe(prog, path, off, pid, return_probe=False))
+    except OSError as exc:
+        detach(loaded)
+        raise SourceUnavailable(f"cannot probe the sampler in pid {pid}: {exc.strerror or exc}") from exc
 
 
 def _stack_top(pid: int, proc_root: str = "/proc") -> int:

@@ -54,10 +54,11 @@ class ProfileResult:
     sampled_allocations: int = 0
     start_time: float = 0.0         # wall clock (epoch seconds) when the probes were attached
     problems: tuple[str, ...] = field(default_factory=tuple)
-    via: str = ""                   # attach rung: session | multi | perf
+    via: str = ""                   # how it attached: inject | session | multi | perf
     overhead: dict[str, Any] | None = None  # governor.OverheadReport.to_json()
     java_frames: str | None = None  # JVMs: how JIT frames were named ("Compiler.perfmap"), or why not
     stacks: dict[str, Any] | None = None  # how stacks were taken: frame pointers, or copy + CFI and its figures
+    inject: dict[str, Any] | None = None  # via inject: how the sampler got in, slots patched, stop times
 
     @property
     def stopped_early(self) -> str | None:
@@ -81,6 +82,7 @@ class ProfileResult:
             "problems": list(self.problems),
             "java_frames": self.java_frames,
             "stacks": self.stacks,
+            "inject": self.inject,
         }
 
     @classmethod
@@ -96,7 +98,8 @@ class ProfileResult:
                    problems=tuple(str(p) for p in d.get("problems", [])), via=str(d.get("via", "")),
                    overhead=dict(d["overhead"]) if isinstance(d.get("overhead"), dict) else None,
                    java_frames=str(d["java_frames"]) if isinstance(d.get("java_frames"), str) else None,
-                   stacks=dict(d["stacks"]) if isinstance(d.get("stacks"), dict) else None)
+                   stacks=dict(d["stacks"]) if isinstance(d.get("stacks"), dict) else None,
+                   inject=dict(d["inject"]) if isinstance(d.get("inject"), dict) else None)
 
     @property
     def total_outstanding_bytes(self) -> int:

@@ -13,13 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nativewatch.errors import ProcessGone, SourceUnavailable
+from nativewatch.inject.capture import InjectCapture, inject_rung, injection_allowed
+from nativewatch.inject.injector import InjectRefused, preflight
 from nativewatch.malloc_profile import probes
-from nativewatch.malloc_profile.attach import choose_rung
+from nativewatch.malloc_profile.attach import RUNGS, choose_rung
 from nativewatch.malloc_profile.calibrate import measure_costs
 from nativewatch.malloc_profile.copied import CopiedSites
 from nativewatch.malloc_profile.governor import DEFAULT_MAX_OVERHEAD, Governor
 from nativewatch.malloc_profile.javaperfmap import PerfMapWriter
-from nativewatch.malloc_profile.resolve import resolve
+from nativewatch.malloc_profile.resolve import ProbePlan, resolve
 from nativewatch.malloc_profile.result import ProfileResult, Site, sort_sites
 from nativewatch.malloc_profile.state import remove_state, write_state
 from nativewatch.malloc_profile.symbolize import JAVA_UNNAMED, Symbolizer
@@ -159,7 +161,8 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
                 state_directory: Path | None = None, max_allocs: int | None = None,
                 top_n_state: int = 10, via: str | None = None,
                 max_overhead: float | None = DEFAULT_MAX_OVERHEAD, jvm_attach: bool = False,
-                stack_copy: int = DEFAULT_STACK_COPY, remember_walks: bool = True) -> ProfileResult:
+                stack_copy: int = DEFAULT_STACK_COPY, remember_walks: bool = True,
+                allow_inject: bool = True) -> ProfileResult:
     """Profile pid's outstanding native allocations for duration_s seconds (or until `stop` is set, the
     target exits, or the capture would cost the target more than `max_overhead` of a core; None: no
     limit). `via` forces an attach rung. `stack_copy` bytes of user stack are copied per sampled
@@ -170,35 +173,67 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
     SourceUnavailable if eBPF cannot be used."""
     if duration_s <= 0:
         raise ValueError("duration must be positive")
+    if via not in (None, "auto", "inject", *RUNGS):
+        raise ValueError(f"unknown attach method {via!r} (one of auto, inject, {', '.join(RUNGS)})")
     pid = _thread_group(pid, proc_root)
-    rung = choose_rung(via)
     plan = resolve(pid, proc_root)
-    defines = probes.build_defines(mode=mode, interval_bytes=interval_bytes, max_allocs=max_allocs,
-                                   nest_range=plan.nest_range, rung=rung,
-                                   stack_copy=stack_copy if supports_stack_copy(rung) else 0)
-    loaded = probes.load(defines, mode=mode, interval_bytes=interval_bytes, rung=rung)
+    rung, not_injected = _choose(pid, plan, via, mode, allow_inject, proc_root)
     sym = Symbolizer(pid, proc_root, allocator_ranges=plan.allocator_ranges,
                      allocator_symbols=plan.allocator_symbols)
-    col = _Collector(loaded, sym, remember_walks=remember_walks)
     java = PerfMapWriter(pid, proc_root, allowed=jvm_attach)
     exited = False
     state_problem: list[str] = []
+    capture: InjectCapture | None = None
+    loaded: probes.Loaded | None = None
     try:
-        governor = Governor(max_overhead, measure_costs(loaded, plan, proc_root))
-        if col.copies is not None:
-            sym.prepare_unwinding()
-            if sym.is_jvm and jvm_attach:
-                _name_interpreted_frames(sym, java, pid, proc_root)
-        try:
-            col.start()
-            probes.attach(loaded, plan)
-        except SourceUnavailable:
-            if not _alive(pid, proc_root):
-                raise ProcessGone(pid, "exited before the probes were attached") from None
-            raise
+        while True:
+            defines = probes.build_defines(mode=mode, interval_bytes=interval_bytes, max_allocs=max_allocs,
+                                           nest_range=plan.nest_range, rung=rung,
+                                           stack_copy=stack_copy if supports_stack_copy(rung) else 0)
+            loaded = probes.load(defines, mode=mode, interval_bytes=interval_bytes, rung=rung)
+            col = _Collector(loaded, sym, remember_walks=remember_walks)
+            injecting = rung.startswith("inject")
+            if injecting:
+                capture = InjectCapture(pid, plan, loaded, interval_bytes if mode == "sampled" else 0, proc_root)
+                governor = Governor(max_overhead, capture.costs())
+            else:
+                governor = Governor(max_overhead, measure_costs(loaded, plan, proc_root))
+            if col.copies is not None:
+                sym.prepare_unwinding()
+                if sym.is_jvm and jvm_attach and sym.java_methods is None:
+                    _name_interpreted_frames(sym, java, pid, proc_root)
+            try:
+                col.start()
+                if capture is not None:
+                    capture.start()
+                    if capture.exec_range is not None:
+                        sym.allocator_ranges = (*sym.allocator_ranges, capture.exec_range)
+                    sym.refresh()
+                    if col.copies is not None:
+                        sym.prepare_unwinding()
+                else:
+                    probes.attach(loaded, plan)
+                break
+            except InjectRefused as exc:
+                if via == "inject":
+                    raise
+                # auto: the uprobe rungs, in a fresh program (the loaded one only has report probes)
+                not_injected = f"not injected: {exc}"
+                capture = None
+                probes.close(loaded)
+                loaded = None
+                rung = choose_rung(None)
+            except SourceUnavailable:
+                if not _alive(pid, proc_root):
+                    raise ProcessGone(pid, "exited before the probes were attached") from None
+                raise
+
+        def hits() -> dict[str, int]:
+            return capture.hits() if capture is not None else probes.read_hits(loaded)
+
         t0 = time.monotonic()
         wall0 = time.time()
-        governor.observe(t0, probes.read_hits(loaded))
+        governor.observe(t0, hits())
         if on_attached is not None:
             on_attached()
         deadline = t0 + duration_s
@@ -212,7 +247,7 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
             if col.wait(wait, stop):
                 break
             col.drain()
-            if governor.observe(time.monotonic(), probes.read_hits(loaded)):
+            if governor.observe(time.monotonic(), hits()):
                 break
             if time.monotonic() < next_poll:
                 continue
@@ -225,6 +260,8 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
             except ProcessGone:
                 exited = True
                 break
+            if capture is not None:
+                capture.poll()
             raw_now, _ = col.read(with_oldest=False)
             current = col.sites(raw_now, None, time.monotonic_ns())
             if sym.is_jvm and col.name_java_frames(java):
@@ -236,9 +273,12 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
             except OSError as exc:  # the live view is optional; the profile itself goes on
                 if not state_problem:
                     state_problem.append(f"live state file not written: {exc}")
+        if capture is not None:  # the GOT back first: reports go on until then
+            final_hits = capture.hits()
+            capture.stop()
         probes.detach(loaded)
         elapsed = time.monotonic() - t0
-        governor.observe(time.monotonic(), probes.read_hits(loaded))
+        governor.observe(time.monotonic(), final_hits if capture is not None else hits())
         now_ns = time.monotonic_ns()
         raw, oldest = col.read(with_oldest=True)
         counters = probes.read_counters(loaded)
@@ -247,7 +287,10 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
             col.name_java_frames(java, force=True)  # code compiled since the last map
         sites = col.sites(raw, oldest, now_ns)
     finally:
-        probes.close(loaded)
+        if capture is not None:
+            capture.stop()  # after an error: never leave the target patched
+        if loaded is not None:
+            probes.close(loaded)
         if sym.java_methods is not None:
             sym.java_methods.close()
         sym.close()
@@ -257,6 +300,10 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
             "stack_copies_lost": counters["copies_lost"]}
     overhead = governor.report()
     problems = list(plan.problems) + sym.problems + state_problem
+    if not_injected:
+        problems.append(not_injected)
+    if capture is not None:
+        problems.extend(capture.all_problems())
     if overhead.stopped:
         problems.append(overhead.stopped)
     if counters["copies_lost"]:
@@ -273,9 +320,32 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
                          sampling_interval_bytes=interval_bytes if mode == "sampled" else 0, sites=sites,
                          lost=lost, allocator=plan.provider, allocator_kind=plan.provider_kind,
                          target_exited=exited, sampled_allocations=counters["sampled"], start_time=wall0,
-                         problems=tuple(problems), via=rung, overhead=overhead.to_json(),
+                         problems=tuple(problems), via="inject" if capture is not None else rung,
+                         overhead=overhead.to_json(), inject=capture.report() if capture is not None else None,
                          java_frames=(java.status or "no unnamed Java frames in the sites") if sym.is_jvm else None,
                          stacks=_stacks_report(loaded, col, counters))
+
+
+def _choose(pid: int, plan: ProbePlan, via: str | None, mode: str, allow_inject: bool,
+            proc_root: str) -> tuple[str, str]:
+    """(rung, why not injected or ''). `via` None/auto: inject when allowed, sampled and safe (see
+    inject/capture.py), else the best uprobe rung; `inject`: only that, or SourceUnavailable."""
+    want = via or "auto"
+    if want not in ("auto", "inject"):
+        return choose_rung(want), ""
+    ok, why = injection_allowed() if allow_inject else (False, "injection is turned off (--no-inject)")
+    if ok and want == "auto" and mode == "exact":
+        ok, why = False, "exact mode records every call, which the uprobe path does at the same cost"
+    if ok:
+        try:
+            preflight(pid, plan, proc_root)
+        except InjectRefused as exc:
+            ok, why = False, str(exc)
+    if ok:
+        return inject_rung(), ""
+    if want == "inject":
+        raise InjectRefused(why)
+    return choose_rung(None), f"not injected: {why}"
 
 
 def _name_interpreted_frames(sym: Symbolizer, java: PerfMapWriter, pid: int, proc_root: str) -> None:

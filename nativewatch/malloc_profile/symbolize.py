@@ -284,6 +284,10 @@ class Symbolizer:
         base = sym.split("@")[0]
         return base, obj, in_alloc or base in self.allocator_symbols
 
+    def function_at(self, addr: int) -> str:
+        """The function containing addr (a hex offset when its object names none)."""
+        return self._raw_frame(addr, False)[0]
+
     def frames(self, addresses: Sequence[int], *, first_is_return: bool = False) -> list[str]:
         """Frames for a stack, leaf first. The first address is taken as an exact instruction pointer
         (unless first_is_return), the others as return addresses (looked up at addr - 1)."""

@@ -1,0 +1,1 @@
+"""Putting the in-process allocation sampler into a running process (ptrace, GOT patching)."""
