@@ -63,7 +63,7 @@ def test_rising_native_floor_arms_a_time_boxed_malloc_profile(bpf_available, tmp
         assert "problems" not in doc, doc.get("problems")
         assert Path(doc["pprof"]).stat().st_size > 0
         # under the agent's default cost budget, a quiet leaker is captured to the end
-        assert doc["profile"]["via"] == "session"
+        assert doc["profile"]["via"] == "inject"  # the in-process sampler: the default where it is safe
         assert doc["profile"]["overhead"]["budget"] == 0.05 and doc["profile"]["overhead"]["stopped"] is None
         assert doc["profile"]["duration_s"] >= 4.9
         sites = doc["profile"]["sites"]
@@ -97,18 +97,22 @@ def test_rising_native_floor_arms_a_time_boxed_malloc_profile(bpf_available, tmp
 
 @pytest.mark.slow
 @pytest.mark.bpf
+@pytest.mark.parametrize("inject", [False, True], ids=["uprobes", "inject"])
 def test_an_automatic_capture_of_an_allocation_heavy_process_stops_at_the_budget(bpf_available, tmp_path,
-                                                                                 nativewatch_cli):
+                                                                                 nativewatch_cli, inject):
     """A process leaking 4 MiB/s on one thread while another calls malloc/free about a million times a
-    second: the capture is armed by the leak, and the governor ends it within a second (a full 5 s
-    capture would cost the process ~30% of its throughput, see test_profile_ladder.py); the evidence
-    keeps what was captured and says why it stopped."""
+    second: the capture is armed by the leak. With uprobes (`inject = false`) the governor ends it
+    within a second (a full 5 s capture would cost the process ~30% of its throughput, see
+    test_profile_ladder.py); the evidence keeps what was captured and says why it stopped. With the
+    in-process sampler (the default) the same process costs a fraction of the budget: the capture
+    runs to its end and names the leak."""
     prog = build_c("alloc_rate.c", cflags=["-O2", "-pthread"])
     busy = subprocess.Popen([str(prog), "1000000", "4096"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert busy.stdout is not None and busy.stdout.readline().startswith("ready")
     cfg = load_config(None, interval_s=1.0, full_interval_s=1.0, window_s=30, min_leak_window_s=8,
                       track=(busy.pid,), state_dir=tmp_path / "state", evidence_dir=tmp_path / "ev",
-                      auto_capture_min_growth_bytes=16 * MIB, auto_capture_duration_s=5.0, bpf=False)
+                      auto_capture_min_growth_bytes=16 * MIB, auto_capture_duration_s=5.0, bpf=False,
+                      inject=inject)
     agent = Agent(cfg)
     try:
         deadline = time.monotonic() + 60
@@ -121,6 +125,14 @@ def test_an_automatic_capture_of_an_allocation_heavy_process_stops_at_the_budget
             time.sleep(1)
         assert doc is not None, f"no capture within 60 s: {agent.error_log}"
         over = doc["profile"]["overhead"]
+        if inject:
+            assert doc["profile"]["via"] == "inject" and over["stopped"] is None, over
+            assert over["estimated_peak"] < 0.05 and doc["profile"]["duration_s"] >= 4.5
+            assert over["calls_per_s"] > 200_000  # the busy thread really was sampled through the hooks
+            shown = nativewatch_cli("evidence", "show", caps[0].id, "--evidence-dir", str(cfg.evidence_dir),
+                                    check=True)
+            assert "via inject" in shown.stdout
+            return
         assert over["budget"] == 0.05 and over["stopped"].startswith("stopped after"), over
         assert over["estimated_peak"] > 0.05 and doc["profile"]["duration_s"] < 1.0
         assert over["stopped"] in doc["profile"]["problems"]

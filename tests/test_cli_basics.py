@@ -18,7 +18,7 @@ def test_doctor_reports_every_check_with_a_status(nativewatch_cli):
     r = nativewatch_cli("doctor", "--json", check=True)
     checks = {c["name"]: c for c in json.loads(r.stdout)}
     assert set(checks) == {"procfs", "capabilities", "process memory", "bpf syscall", "bcc", "kernel headers",
-                           "uprobes", "attach", "tracefs", "btf", "cgroup"}
+                           "uprobes", "attach", "inject", "tracefs", "btf", "cgroup"}
     for c in checks.values():
         assert c["status"] in ("ok", "degraded", "missing")
         if c["status"] != "ok":

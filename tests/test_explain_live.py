@@ -171,6 +171,6 @@ def test_a_c_malloc_leak_is_native_with_the_leaking_function_in_sites(side_by_si
     assert doc["verdict"] == "off-heap" and doc["growing"][0]["category"] == "native", doc
     assert doc["growing"][0]["bytes_per_second"] == pytest.approx(2 * MiB, rel=0.15)
     assert doc["sites"] and doc["sites"][0]["frames"][0].startswith("main ("), doc["sites"]
-    assert doc["capture"]["via"] == "session" and doc["capture"]["stopped"] is None
+    assert doc["capture"]["via"] == "inject" and doc["capture"]["stopped"] is None
     assert set(doc) >= {"pid", "runtime", "rss_bytes", "managed_heap_limit_bytes", "verdict", "growing",
                         "heap_post_gc", "gc_time_ratio", "sites", "next_steps"}

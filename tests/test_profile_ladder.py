@@ -125,7 +125,11 @@ class RateTarget:
         self.proc.wait(timeout=10)
 
 
-def test_a_million_calls_a_second_stops_within_a_second_and_keeps_its_throughput(bpf_available):
+@pytest.mark.parametrize("via", ["session", "inject"])
+def test_a_million_calls_a_second_stops_within_a_second_and_keeps_its_throughput(bpf_available, via):
+    """Through uprobes a million calls a second cost more than the budget: the capture stops within a
+    second. Through the in-process sampler they cost a fraction of it: the capture runs to its end.
+    Either way the program keeps its throughput."""
     target = RateTarget(1_000_000)
     window_s = 6.0
     try:
@@ -134,18 +138,23 @@ def test_a_million_calls_a_second_stops_within_a_second_and_keeps_its_throughput
         bare = target.rate(a, target.mark())
         assert 500_000 / 2 < bare < 2_000_000 / 2  # about a million calls (half a million pairs) a second
         marks: list[tuple[int, int]] = []
-        result = run_profile(target.proc.pid, window_s, on_attached=lambda: marks.append(target.mark()))
+        result = run_profile(target.proc.pid, window_s, on_attached=lambda: marks.append(target.mark()), via=via)
         while time.monotonic_ns() < marks[0][1] + window_s * 1e9:
             time.sleep(0.05)
         during = target.rate(marks[0], target.mark())
     finally:
         target.stop()
+    assert during >= 0.95 * bare, (during, bare)
+    if via == "inject":
+        assert result.via == "inject" and result.stopped_early is None, result.overhead
+        assert result.duration_s >= window_s - 0.2 and result.overhead["estimated_peak"] < 0.05
+        assert result.sampled_allocations > 0
+        return
     stopped = result.stopped_early
     assert stopped is not None and result.duration_s < 1.0, (result.duration_s, result.overhead)
     assert re.match(r"stopped after \d+\.\d s: .*calls/s would cost \d+% of a core; budget 5%$", stopped), stopped
     assert stopped in result.problems
     assert result.overhead is not None and result.overhead["estimated_peak"] > 0.05
-    assert during >= 0.95 * bare, (during, bare)
 
 
 def test_a_quiet_leaking_program_is_captured_to_the_end_under_the_same_budget(bpf_available):
@@ -182,8 +191,8 @@ def test_per_hit_costs_are_measured_for_the_targets_own_allocator(bpf_available,
     old = os.environ.get("NATIVEWATCH_STATE_DIR")
     os.environ.update(env)
     try:
-        first = run_profile(target.pid, 0.3, max_overhead=None)
-        second = run_profile(target.pid, 0.3, max_overhead=None)
+        first = run_profile(target.pid, 0.3, max_overhead=None, via="session")
+        second = run_profile(target.pid, 0.3, max_overhead=None, via="session")
     finally:
         if old is None:
             os.environ.pop("NATIVEWATCH_STATE_DIR")
@@ -205,7 +214,9 @@ def test_cli_text_and_json_say_how_it_attached_and_why_it_stopped(bpf_available,
     try:
         out = nativewatch_cli("profile", "--pid", str(target.proc.pid), "--duration", "5s", "--via", "multi",
                               "--json", check=True)
-        text = nativewatch_cli("profile", "--pid", str(target.proc.pid), "--duration", "5s", check=True)
+        text = nativewatch_cli("profile", "--pid", str(target.proc.pid), "--duration", "5s", "--via", "session",
+                               check=True)
+        default = nativewatch_cli("profile", "--pid", str(target.proc.pid), "--duration", "2s", check=True)
     finally:
         target.stop()
     doc = json.loads(out.stdout)
@@ -213,3 +224,4 @@ def test_cli_text_and_json_say_how_it_attached_and_why_it_stopped(bpf_available,
     assert doc["overhead"]["stopped"].startswith("stopped after") and doc["duration_s"] < 1.0
     assert "attached via session" in text.stdout
     assert "stopped after" in text.stdout and "budget 5%" in text.stdout
+    assert "attached via inject" in default.stdout and "stopped after" not in default.stdout, default.stdout

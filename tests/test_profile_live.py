@@ -314,8 +314,9 @@ def test_sigkill_of_profiler_leaves_no_probe_and_target_runs_on(bpf_available, t
     state_dir = tmp_path / "state"
     env = {**os.environ, "NATIVEWATCH_STATE_DIR": str(state_dir)}
     exe = Path(sys.executable).parent / "nativewatch"
+    # uprobes (the injected sampler's kill test is in test_inject_safety.py)
     prof = subprocess.Popen([str(exe), "profile", "--pid", str(target.pid), "--duration", "120s",
-                             "--max-overhead", "none"],
+                             "--max-overhead", "none", "--via", "session"],
                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert prof.stderr is not None

@@ -153,6 +153,21 @@ class Injection:
 
 
 # ---- refusals ---------------------------------------------------------------------------------
+def go_without_cgo(pid: int, proc_root: str = "/proc", objs: list[_Object] | None = None) -> str:
+    """Why a Go program without cgo cannot be sampled through malloc ('' when pid is not one)."""
+    objs = _objects(pid, proc_root) if objs is None else objs
+    try:
+        exe = os.readlink(f"{proc_root}/{pid}/exe")
+    except OSError:
+        return ""
+    exe_obj = next((o for o in objs if o.path == exe), None)
+    img = _image(pid, exe_obj, proc_root) if exe_obj is not None else None
+    if img is None or "runtime.main" not in img.functions or any(_LIBC_RE.search(o.path) for o in objs):
+        return ""
+    return (f"pid {pid} is a Go program without cgo: its allocations never go through malloc (the Go heap "
+            "is the `heap` category of a snapshot; Go's own runtime/pprof heap profile names its sites)")
+
+
 def preflight(pid: int, plan: ProbePlan, proc_root: str = "/proc") -> None:
     """Raise InjectRefused when injection cannot work here; the reason names what to use instead."""
     tracer = ptrace.tracer_pid(pid, proc_root)
@@ -160,21 +175,13 @@ def preflight(pid: int, plan: ProbePlan, proc_root: str = "/proc") -> None:
         raise InjectRefused(f"pid {pid} is already traced by pid {tracer} (a debugger?): not injecting")
     if tracer < 0:
         raise ProcessGone(pid, "its status is unreadable")
-    if plan.provider_kind == "static":
-        raise InjectRefused(f"pid {pid} is a static binary: no GOT to patch (the uprobe rungs work)")
     objs = _objects(pid, proc_root)
-    if not any(_LDSO_RE.search(o.path) for o in objs):
-        raise InjectRefused(f"pid {pid} has no dynamic loader mapped: nothing to load the sampler with")
-    try:
-        exe = os.readlink(f"{proc_root}/{pid}/exe")
-    except OSError:
-        exe = ""
-    exe_obj = next((o for o in objs if o.path == exe), None)
-    if exe_obj is not None:
-        img = _image(pid, exe_obj, proc_root)
-        if img is not None and "runtime.main" in img.functions and not any(_LIBC_RE.search(o.path) for o in objs):
-            raise InjectRefused(f"pid {pid} is a Go program without cgo: its allocations do not go through "
-                                "malloc (the Go heap is the `heap` category)")
+    go = go_without_cgo(pid, proc_root, objs)
+    if go:
+        raise InjectRefused(go)
+    if plan.provider_kind == "static" or not any(_LDSO_RE.search(o.path) for o in objs):
+        raise InjectRefused(f"pid {pid} is a static binary: no GOT to patch and no loader (the uprobe rungs "
+                            "work)")
     if not plan.provider:
         raise InjectRefused(f"pid {pid}: the allocator could not be identified")
 
@@ -457,14 +464,25 @@ def inject(pid: int, plan: ProbePlan, *, interval: int, proc_root: str = "/proc"
                                 "(it was killed before restoring them)")
         return inj
     except ptrace.PtraceError as exc:
-        if exc.errno == errno.ESRCH:
+        if exc.errno == errno.ESRCH or not _exists(pid, proc_root):
             raise ProcessGone(pid, "exited while the sampler was being put in") from None
         if exc.errno == errno.EPERM:
             raise InjectRefused(f"pid {pid}: ptrace not permitted ({exc}); traced by another tool, or "
                                 "kernel.yama.ptrace_scope forbids it") from None
         raise InjectRefused(f"pid {pid}: {exc}") from None
-    except FileNotFoundError:
-        raise ProcessGone(pid, "exited while the sampler was being put in") from None
+    except OSError as exc:
+        if not _exists(pid, proc_root):
+            raise ProcessGone(pid, "exited while the sampler was being put in") from None
+        raise InjectRefused(f"pid {pid}: {exc}") from None
+
+
+def _exists(pid: int, proc_root: str) -> bool:
+    try:
+        with open(f"{proc_root}/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
+    except (OSError, ValueError):
+        return False
 
 
 def patch_new_objects(inj: Injection, plan: ProbePlan, proc_root: str = "/proc") -> int:

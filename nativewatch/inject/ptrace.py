@@ -169,8 +169,12 @@ class Stopped:
     def release(self) -> None:
         for tid in self.tids:
             sig = self.pending.pop(tid, 0)
-            with contextlib.suppress(PtraceError):  # exited meanwhile
+            try:
                 _ptrace(PTRACE_DETACH, tid, 0, sig)
+            except PtraceError:
+                # killed while stopped: collect its exit here, or the zombie waits for this tracer
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(tid, os.WNOHANG | _WALL)
         self.tids.clear()
         self.released_at = time.monotonic()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nativewatch.errors import ProcessGone, SourceUnavailable
 from nativewatch.inject.capture import InjectCapture, inject_rung, injection_allowed
-from nativewatch.inject.injector import InjectRefused, preflight
+from nativewatch.inject.injector import InjectRefused, go_without_cgo, preflight
 from nativewatch.malloc_profile import probes
 from nativewatch.malloc_profile.attach import RUNGS, choose_rung
 from nativewatch.malloc_profile.calibrate import measure_costs
@@ -176,7 +176,13 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
     if via not in (None, "auto", "inject", *RUNGS):
         raise ValueError(f"unknown attach method {via!r} (one of auto, inject, {', '.join(RUNGS)})")
     pid = _thread_group(pid, proc_root)
-    plan = resolve(pid, proc_root)
+    try:
+        plan = resolve(pid, proc_root)
+    except SourceUnavailable as exc:
+        go = go_without_cgo(pid, proc_root)
+        if go:
+            raise SourceUnavailable(f"{go} ({exc})") from None
+        raise
     rung, not_injected = _choose(pid, plan, via, mode, allow_inject, proc_root)
     sym = Symbolizer(pid, proc_root, allocator_ranges=plan.allocator_ranges,
                      allocator_symbols=plan.allocator_symbols)
