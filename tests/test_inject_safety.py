@@ -309,3 +309,27 @@ def test_injection_can_be_turned_off(bpf_available, nativewatch_cli):
         assert injector.find_sampler(target.pid, sampler_file()) is None  # never put in
     finally:
         target.stop()
+
+
+@pytest.mark.parametrize("hold", ["loader", "signal"])
+def test_no_thread_at_a_safe_point_refuses_with_the_reason(bpf_available, hold):
+    """The only thread sleeps inside a dl_iterate_phdr callback (holding the loader's lock: a dlopen
+    from it would wait for itself forever) or inside a signal handler: the sampler is not loaded, the
+    refusal says why, and the process carries on."""
+    target = start(stress_binary())
+    try:
+        assert target.proc.stdin is not None
+        target.proc.stdin.write(f"hold-{hold} 6\n")
+        target.proc.stdin.flush()
+        time.sleep(0.5)
+        plan = resolve(target.pid)
+        with pytest.raises(injector.InjectRefused) as err:
+            injector.inject(target.pid, plan, interval=65536, timeout_s=1.5)
+        why = str(err.value)
+        assert "no thread reached a safe point" in why
+        assert ("dl_iterate_phdr" in why) if hold == "loader" else ("signal handler" in why), why
+        assert injector.find_sampler(target.pid, sampler_file()) is None
+        assert target.proc.stdout is not None and target.proc.stdout.readline().strip() == "held"
+        assert "checksum=" in target.ask(STRESS)
+    finally:
+        target.stop()

@@ -17,10 +17,14 @@
  *                  The allocator is not async-signal-safe: the handler allocates only when this
  *                  thread is not inside an allocator call (in_alloc), as a correct program must.
  *   "leak N"     : N blocks of 4000 bytes kept by leak_site(); replies "leaked=<bytes>"
+ *   "hold-loader S": sleeps S seconds inside a dl_iterate_phdr callback (the loader's lock held);
+ *                  replies "held"
+ *   "hold-signal S": sleeps S seconds inside a SIGUSR1 handler; replies "held"
  *   "quit"
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <link.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -190,6 +194,23 @@ __attribute__((noinline)) static size_t leak_site(void)
     return sizeof(*l);
 }
 
+static int hold_seconds;
+
+static int sleep_in_callback(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)info;
+    (void)size;
+    (void)data;
+    sleep((unsigned)hold_seconds);
+    return 1;  /* one object is enough */
+}
+
+static void sleep_in_handler(int sig)
+{
+    (void)sig;
+    sleep((unsigned)hold_seconds);
+}
+
 int main(void)
 {
     char line[4096];
@@ -247,6 +268,13 @@ int main(void)
             for (long i = 0; i < n; i++)
                 total += leak_site();
             printf("leaked=%zu\n", total);
+        } else if (sscanf(line, "hold-loader %d", &hold_seconds) == 1) {
+            dl_iterate_phdr(sleep_in_callback, NULL);
+            printf("held\n");
+        } else if (sscanf(line, "hold-signal %d", &hold_seconds) == 1) {
+            signal(SIGUSR1, sleep_in_handler);
+            raise(SIGUSR1);
+            printf("held\n");
         } else if (strncmp(line, "quit", 4) == 0) {
             return 0;
         }
