@@ -159,8 +159,11 @@ def test_redis_filled_under_a_default_capture_is_at_most_one_and_a_half_times_sl
             bare.append(redis.populate(200_000))
             attached, stop = threading.Event(), threading.Event()
             box: list = []
-            t = threading.Thread(target=lambda: box.append(run_profile(redis.proc.pid, 120, stop=stop,
-                                                                        on_attached=attached.set)))
+
+            def capture(box: list = box, stop: threading.Event = stop, attached: threading.Event = attached) -> None:
+                box.append(run_profile(redis.proc.pid, 120, stop=stop, on_attached=attached.set))
+
+            t = threading.Thread(target=capture)
             t.start()
             try:
                 assert attached.wait(120)

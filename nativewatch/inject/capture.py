@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 
 from nativewatch.errors import ProcessGone, SourceUnavailable
-from nativewatch.inject import injector
+from nativewatch.inject import injector, ptrace
 from nativewatch.inject.sampler import TargetSampler, sampler_file
 from nativewatch.malloc_profile import probes
 from nativewatch.malloc_profile.attach import supported_rungs
@@ -28,6 +29,9 @@ __all__ = ["InjectCapture", "inject_rung", "injection_allowed", "HOOK_NS", "REPO
 # the sampler's own call counters and the probes' hit counters.
 HOOK_NS = 8.0
 REPORT_NS = 1500.0
+# How often the maps are looked at for objects loaded since (their GOT is patched then): allocations
+# a new library makes before that are not sampled.
+RESCAN_S = 0.25
 # Set (to anything but "" or "0") to forbid injection on this host, whatever a command asks.
 ENV_NO_INJECT = "NATIVEWATCH_NO_INJECT"
 
@@ -64,6 +68,7 @@ class InjectCapture:
     inj: injector.Injection | None = None
     problems: list[str] = field(default_factory=list)
     _calls0: int = 0
+    _scanned: float = 0.0
 
     def costs(self) -> HitCosts:
         return HitCosts(REPORT_NS, REPORT_NS / 2, 0.0,
@@ -102,20 +107,23 @@ class InjectCapture:
     def hits(self) -> dict[str, int]:
         h = probes.read_hits(self.loaded)
         if self.inj is not None and not self.inj.removed:
+            injector.acknowledge(self.inj)  # every tick: the sampler's dead-man limit never trips while alive
+            ptrace.service_stragglers()
             with contextlib.suppress(OSError):
                 h["hooked"] = max(0, self.inj.sampler.calls() - self._calls0)
+            now = time.monotonic()
+            if now - self._scanned >= RESCAN_S:
+                self._scanned = now
+                self._patch_new()
         return h
 
-    def poll(self) -> None:
-        """Every poll: tell the sampler nativewatch is alive; patch libraries loaded since."""
+    def _patch_new(self) -> None:
+        """Patch libraries loaded since the last look (dlopen), a few times a second."""
         if self.inj is None:
             return
-        injector.acknowledge(self.inj)
         try:
             with _signals_held():
                 injector.patch_new_objects(self.inj, self.plan, self.proc_root)
-        except (injector.InjectRefused, OSError) as exc:
-            self._problem(f"libraries loaded during the capture were not patched: {exc}")
         except Exception as exc:  # noqa: BLE001 - a ptrace error mid-capture must not lose the profile
             self._problem(f"libraries loaded during the capture were not patched: {exc}")
 
@@ -124,10 +132,15 @@ class InjectCapture:
             self.problems.append(text)
 
     def stop(self) -> None:
-        if self.inj is None:
+        if self.inj is None or self.inj.removed:
             return
+        with contextlib.suppress(OSError):
+            if not self.inj.sampler.read("enabled"):
+                self._problem("the sampler switched itself off before the end (no acknowledgement from "
+                              "nativewatch for a million sampled calls): the profile misses what came after")
         with _signals_held():
             injector.remove(self.inj, self.proc_root)
+        ptrace.service_stragglers()
 
     def report(self) -> dict[str, object]:
         if self.inj is None:

@@ -110,7 +110,9 @@ static long raw_syscall6(long n, long a, long b, long c, long d, long e, long f)
 #define MADV_DONTNEED 4
 #define MADV_WIPEONFORK 18
 
-__attribute__((constructor)) static void nw_init(void)
+/* Also called by nativewatch in a forked child of a process that had the sampler: the child's copy of
+ * the state mapping reads as zeros (WIPEONFORK), so it gets a mapping of its own. */
+EXPORT void nw_reinit(void)
 {
     long p = raw_syscall6(SYS_mmap, 0, sizeof(struct nw_state), 3 /* RW */, 0x22 /* PRIVATE|ANON */, -1, 0);
     if (p < 0 && p > -4096)
@@ -120,6 +122,11 @@ __attribute__((constructor)) static void nw_init(void)
     struct nw_state *s = (struct nw_state *)p;
     s->magic = NW_MAGIC;
     __atomic_store_n(&nw_state, s, __ATOMIC_RELEASE);
+}
+
+__attribute__((constructor)) static void nw_init(void)
+{
+    nw_reinit();
 }
 
 /* Called by nativewatch (a remote call, all threads stopped) after a capture: the set and slots go

@@ -35,6 +35,9 @@ PTRACE_GETREGSET = 0x4204
 PTRACE_SETREGSET = 0x4205
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
+PTRACE_GETSIGMASK = 0x420A
+PTRACE_SETSIGMASK = 0x420B
+PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
 PTRACE_EVENT_STOP = 128
 NT_X86_XSTATE = 0x202
 NT_PRFPREG = 2
@@ -151,12 +154,54 @@ def _wait_stop(tid: int, deadline: float) -> int:
         delay = min(delay * 2, 0.002)
 
 
+# Threads seized and interrupted that had not stopped when they were let go (a vfork parent, a
+# thread in uninterruptible sleep): still traced by this process, and they will stop as soon as they
+# can and wait for it. Each is detached as soon as it is seen stopped (service_stragglers, called at
+# every step and every capture tick), so none stays frozen; the kernel lets them go if this process exits.
+_stragglers: set[int] = set()
+
+
+def _alive(tid: int) -> bool:
+    try:
+        with open(f"/proc/{tid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
+    except (OSError, ValueError):
+        return False
+
+
+def is_straggler(tid: int) -> bool:
+    return tid in _stragglers
+
+
+def service_stragglers() -> int:
+    """Detach stragglers that have stopped since; how many are still waited for."""
+    for tid in list(_stragglers):
+        try:
+            got, status = os.waitpid(tid, os.WNOHANG | _WALL)
+        except ChildProcessError:
+            _stragglers.discard(tid)
+            continue
+        if got != tid:
+            if not _alive(tid):
+                _stragglers.discard(tid)
+            continue
+        if os.WIFSTOPPED(status):
+            sig = os.WSTOPSIG(status)
+            resend = 0 if (sig == signal.SIGTRAP and status >> 16 == PTRACE_EVENT_STOP) else sig
+            with contextlib.suppress(PtraceError):
+                _ptrace(PTRACE_DETACH, tid, 0, resend)
+        _stragglers.discard(tid)
+    return len(_stragglers)
+
+
 @dataclass
 class Stopped:
     """Threads of one process held in a ptrace stop. `pending` holds signals that arrived while they
     were being stopped: they are handed back at release, so the target loses none."""
     pid: int
     tids: list[int] = field(default_factory=list)
+    settled: set[int] = field(default_factory=set)  # seized threads seen in their stop
     pending: dict[int, int] = field(default_factory=dict)
     stopped_at: float = 0.0
     released_at: float = 0.0
@@ -169,6 +214,10 @@ class Stopped:
     def release(self) -> None:
         for tid in self.tids:
             sig = self.pending.pop(tid, 0)
+            if tid not in self.settled:
+                # interrupted but not stopped yet: PTRACE_DETACH only works on a stopped tracee
+                _stragglers.add(tid)
+                continue
             try:
                 _ptrace(PTRACE_DETACH, tid, 0, sig)
             except PtraceError:
@@ -176,7 +225,9 @@ class Stopped:
                 with contextlib.suppress(ChildProcessError, OSError):
                     os.waitpid(tid, os.WNOHANG | _WALL)
         self.tids.clear()
+        self.settled.clear()
         self.released_at = time.monotonic()
+        service_stragglers()
 
     def __enter__(self) -> Stopped:
         return self
@@ -185,7 +236,8 @@ class Stopped:
         self.release()
 
 
-def _seize_one(st: Stopped, tid: int, deadline: float) -> bool:
+def _seize(st: Stopped, tid: int) -> bool:
+    """Seize and interrupt `tid` (it stops asynchronously); False when it is already gone."""
     try:
         _ptrace(PTRACE_SEIZE, tid, 0, 0)
     except PtraceError as exc:
@@ -193,35 +245,59 @@ def _seize_one(st: Stopped, tid: int, deadline: float) -> bool:
             return False  # exited before it could be seized
         raise
     st.tids.append(tid)
-    _ptrace(PTRACE_INTERRUPT, tid)
-    status = _wait_stop(tid, deadline)
-    sig = os.WSTOPSIG(status)
-    if not (sig == signal.SIGTRAP and status >> 16 == PTRACE_EVENT_STOP):
-        st.pending[tid] = sig  # a signal was on its way: it is delivered at release
+    try:
+        _ptrace(PTRACE_INTERRUPT, tid)
+    except PtraceError as exc:
+        if exc.errno != errno.ESRCH:
+            raise
+        st.tids.remove(tid)  # exited between the two calls
+        return False
     return True
+
+
+def _settle(st: Stopped, tids: list[int], deadline: float) -> None:
+    """Wait until every seized thread in `tids` is in its stop; drop those that exited meanwhile."""
+    for tid in tids:
+        try:
+            status = _wait_stop(tid, deadline)
+        except PtraceError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+            st.tids.remove(tid)
+            continue
+        st.settled.add(tid)
+        sig = os.WSTOPSIG(status)
+        if not (sig == signal.SIGTRAP and status >> 16 == PTRACE_EVENT_STOP):
+            st.pending[tid] = sig  # a signal was on its way: it is delivered at release
 
 
 def stop_threads(pid: int, tids: Iterable[int] | None = None, *, timeout_s: float = 0.2,
                  proc_root: str = "/proc") -> Stopped:
     """Seize and stop `tids` (default: every thread of pid, including threads created meanwhile).
-    Raises PtraceError (and releases what was stopped) when a thread is traced by someone else or does
-    not stop within timeout_s."""
+    Every thread is interrupted first and waited for after, so the stop lasts about one thread's
+    stop latency, not the sum of them. Raises PtraceError (and releases what was stopped) when a
+    thread is traced by someone else or does not stop within timeout_s."""
+    service_stragglers()
     st = Stopped(pid, stopped_at=time.monotonic())
     deadline = st.stopped_at + timeout_s
     try:
         if tids is not None:
-            for tid in tids:
-                if not _seize_one(st, tid, deadline):
+            want = list(tids)
+            for tid in want:
+                if not _seize(st, tid):
                     raise PtraceError(f"thread {tid} is gone", errno.ESRCH)
+            _settle(st, want, deadline)
+            if len(st.tids) != len(want):
+                raise PtraceError("a thread exited while being stopped", errno.ESRCH)
             return st
         seen: set[int] = set()
         while True:
+            # a thread created before its creator stopped shows up in the next listing
             new = [t for t in thread_ids(pid, proc_root) if t not in seen]
             if not new:
                 break
-            for tid in new:
-                seen.add(tid)
-                _seize_one(st, tid, deadline)
+            seen.update(new)
+            _settle(st, [t for t in new if _seize(st, t)], deadline)
         if not st.tids:
             raise PtraceError(f"pid {pid} has no threads left", errno.ESRCH)
         return st
@@ -262,6 +338,11 @@ def remote_call(pid: int, tid: int, func: int, args: Sequence[int] = (), *, data
             break
         except PtraceError:
             continue
+    mask = _get_sigmask(tid)
+    if mask is not None:
+        # no handler of the target's runs on top of the call (it might take a lock the call holds);
+        # signals stay pending and are handled once the mask is back
+        _set_sigmask(tid, 0xFFFFFFFFFFFFFFFF)
     regs = saved.copy()
     # below the red zone (128 bytes) and whatever a signal frame might be building
     base = (saved["rsp"] - 1024 - len(data)) & ~0xF
@@ -305,16 +386,63 @@ def remote_call(pid: int, tid: int, func: int, args: Sequence[int] = (), *, data
             except PtraceError:
                 pass
         if exc.errno != errno.ESRCH:
-            _restore(tid, saved, xstate)
+            _restore(tid, saved, xstate, mask)
         raise
-    _restore(tid, saved, xstate)
+    _restore(tid, saved, xstate, mask)
     return result, data_addr
 
 
 DATA = -0x7FFF_0000_0000_0001  # marker in `args`: the address `data` was copied to
 
 
-def _restore(tid: int, saved: Regs, xstate: tuple[int, bytes] | None) -> None:
+def _restore(tid: int, saved: Regs, xstate: tuple[int, bytes] | None, mask: int | None) -> None:
     set_regs(tid, saved)
     if xstate is not None:
         _set_regset(tid, xstate[0], xstate[1])
+    if mask is not None:
+        _set_sigmask(tid, mask)
+
+
+def _get_sigmask(tid: int) -> int | None:
+    buf = ctypes.c_uint64(0)
+    try:
+        _ptrace(PTRACE_GETSIGMASK, tid, 8, ctypes.cast(ctypes.pointer(buf), ctypes.c_void_p))
+    except PtraceError:
+        return None
+    return int(buf.value)
+
+
+def _set_sigmask(tid: int, mask: int) -> None:
+    buf = ctypes.c_uint64(mask)
+    _ptrace(PTRACE_SETSIGMASK, tid, 8, ctypes.cast(ctypes.pointer(buf), ctypes.c_void_p))
+
+
+def rseq_critical(pid: int, tid: int, rip: int, proc_root: str = "/proc") -> bool | None:
+    """Whether the stopped thread is inside an rseq critical section (its rseq_cs descriptor covers
+    rip): a call run on it would make the kernel skip that section's abort. None when the kernel
+    cannot say."""
+
+    class _RseqConf(ctypes.Structure):
+        _fields_ = [("rseq_abi_pointer", ctypes.c_uint64), ("rseq_abi_size", ctypes.c_uint32),
+                    ("signature", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+    conf = _RseqConf()
+    try:
+        _ptrace(PTRACE_GET_RSEQ_CONFIGURATION, tid, ctypes.sizeof(conf),
+                ctypes.cast(ctypes.pointer(conf), ctypes.c_void_p))
+    except PtraceError:
+        return None
+    if not conf.rseq_abi_pointer:
+        return False  # no rseq registered
+    try:
+        raw = read_mem(pid, conf.rseq_abi_pointer + 8, 8, proc_root)  # struct rseq: rseq_cs at 8
+        cs = int.from_bytes(raw, "little") if len(raw) == 8 else 0
+        if not cs:
+            return False
+        desc = read_mem(pid, cs, 32, proc_root)  # struct rseq_cs: version, flags, start_ip, post_commit_offset
+    except OSError:
+        return None
+    if len(desc) < 24:
+        return None
+    start, length = struct.unpack_from("<QQ", desc, 8)
+    return start <= rip < start + length

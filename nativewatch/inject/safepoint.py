@@ -23,17 +23,19 @@ import errno
 import os
 import re
 import time
+from typing import Any
 
 from nativewatch.errors import ProcessGone
 from nativewatch.inject import ptrace
 from nativewatch.malloc_profile.resolve import ProbePlan
 from nativewatch.malloc_profile.symbolize import Symbolizer
 from nativewatch.sources.procfs import read_maps
-from nativewatch.unwind.unwinder import unwind
+from nativewatch.unwind.unwinder import STOP_END, unwind
 
 __all__ = ["stop_at_safe_point", "thread_is_safe", "UNSAFE_LIBC"]
 
-STACK_READ = 65536
+STACK_READ = 256 * 1024
+MIN_STACK_LEFT = 64 * 1024
 _LDSO_RE = re.compile(r"/ld-linux[^/]*\.so|/ld-[\d.]+\.so|/ld64\.so|/ld-musl")
 _LIBC_RE = re.compile(r"/libc(\.so\.\d+|-[\d.]+\.so)$|/libpthread[.-]")
 
@@ -43,8 +45,13 @@ UNSAFE_LIBC = re.compile(r"alloc|free|^_int_|arena|tcache|heap_trim|systrim|^_?d
 _SIGRETURN = bytes.fromhex("48c7c00f0000000f05")  # mov $15, %rax; syscall (rt_sigreturn)
 
 
-def _ranges(mappings: list, pattern: re.Pattern[str]) -> list[tuple[int, int]]:
-    return [(m.start, m.end) for m in mappings if "x" in m.perms and pattern.search(m.path)]
+def _path(m: Any) -> str:
+    # a library upgraded on disk while mapped reads "... (deleted)": still the same library
+    return str(m.path).removesuffix(" (deleted)")
+
+
+def _ranges(mappings: list[Any], pattern: re.Pattern[str]) -> list[tuple[int, int]]:
+    return [(m.start, m.end) for m in mappings if "x" in m.perms and pattern.search(_path(m))]
 
 
 def _in(ranges: list[tuple[int, int]], addr: int) -> bool:
@@ -58,20 +65,32 @@ def thread_is_safe(pid: int, tid: int, sym: Symbolizer, plan: ProbePlan, proc_ro
     ldso = _ranges(maps, _LDSO_RE)
     libc = _ranges(maps, _LIBC_RE)
     unsafe = ldso + [(m.start, m.end) for m in maps if "x" in m.perms
-                     and (m.path == plan.provider and plan.provider_kind != "glibc"
+                     and (_path(m) == plan.provider and plan.provider_kind != "glibc"
                           or "memfd:nativewatch-sampler" in m.path)]
     sp = regs["rsp"]
-    top = next((m.end for m in maps if m.start <= sp < m.end), 0)
-    if not top:
+    stack_map = next((m for m in maps if m.start <= sp < m.end), None)
+    if stack_map is None:
         return "its stack pointer is outside any mapping"
+    top = stack_map.end
+    # dlopen runs on this stack: a thread near its (guard page) limit would overflow in it. The main
+    # thread's [stack] grows on demand.
+    if stack_map.path != "[stack]" and sp - stack_map.start < MIN_STACK_LEFT:
+        return f"only {sp - stack_map.start} bytes of stack left below its stack pointer"
     try:
         stack = ptrace.read_mem(pid, sp, min(STACK_READ, top - sp), proc_root)
     except OSError as exc:
         return f"its stack is unreadable ({exc.strerror})"
+    in_syscall = regs["orig_rax"] < 1 << 63
+    rseq = ptrace.rseq_critical(pid, tid, regs["rip"], proc_root)
+    if rseq or (rseq is None and not in_syscall):
+        return "it may be inside an rseq critical section"
     u = unwind(regs["rip"], sp, regs["rbp"], stack, sym.code_at)
     pcs = list(u.pcs)
     if not pcs:
         return "its stack could not be unwound"
+    if u.stop != STOP_END:
+        # frames beyond the end of the walk are unknown: one of them could hold the loader's lock
+        return f"its stack is not unwound to its end ({u.stop})"
     for i, pc in enumerate(pcs):
         look = pc if i == 0 else pc - 1
         if _in(unsafe, look):
@@ -83,6 +102,15 @@ def thread_is_safe(pid: int, tid: int, sym: Symbolizer, plan: ProbePlan, proc_ro
             if UNSAFE_LIBC.search(name):
                 return f"frame {i} is in libc's {name}"
     return ""
+
+
+def _state(pid: int, tid: int, proc_root: str) -> str:
+    try:
+        with open(f"{proc_root}/{pid}/task/{tid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:][:1].decode()
+    except (OSError, ValueError):
+        return "?"
 
 
 def _code(pid: int, addr: int, proc_root: str) -> bytes:
@@ -102,11 +130,15 @@ def stop_at_safe_point(pid: int, plan: ProbePlan, proc_root: str, deadline: floa
     last = "no threads"
     try:
         while True:
+            ptrace.service_stragglers()
             tids = ptrace.thread_ids(pid, proc_root)
             if not tids:
                 raise ProcessGone(pid, "no threads")
-            # the main thread last: it is the likeliest to run the program's own locking code
-            for tid in tids[1:] + tids[:1]:
+            # threads asleep in a system call first (an rseq section cannot hold one; the call cannot
+            # land in the middle of the program's own work); the main thread last among equals
+            for tid in sorted(tids[1:] + tids[:1], key=lambda t: _state(pid, t, proc_root) != "S"):
+                if ptrace.is_straggler(tid):
+                    continue  # interrupted earlier and not stopped yet: still ours to let go
                 try:
                     st = ptrace.stop_threads(pid, [tid], proc_root=proc_root)
                 except ptrace.PtraceError as exc:

@@ -101,7 +101,7 @@ def sampler_file(path: str | None = None) -> SamplerFile:
             layout = _layout(elf, data, symbols["nw_layout"])
     except (ELFError, KeyError, OSError, struct.error) as exc:
         raise SourceUnavailable(f"{p} is not a usable sampler object: {exc}") from None
-    missing = [n for n in ("nw_state", "nw_report_alloc", "nw_report_free", "nw_release", "nw_patches",
+    missing = [n for n in ("nw_state", "nw_report_alloc", "nw_report_free", "nw_release", "nw_reinit", "nw_patches",
                            "nw_npatches", "nw_owner") if n not in symbols]
     missing += [f"nwh_{n}" for n in HOOKED if f"nwh_{n}" not in symbols]
     if missing or not execs:
@@ -134,6 +134,9 @@ class TargetSampler:
 
     def _put(self, addr: int, value: int) -> None:
         write_mem(self.pid, addr, struct.pack("<Q", value & 0xFFFFFFFFFFFFFFFF), self.proc_root)
+
+    def forget_state(self) -> None:
+        self._state = 0
 
     @property
     def state(self) -> int:

@@ -11,10 +11,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nativewatch.errors import ProcessGone, SourceUnavailable
-from nativewatch.inject.capture import InjectCapture, inject_rung, injection_allowed
-from nativewatch.inject.injector import InjectRefused, go_without_cgo, preflight
 from nativewatch.malloc_profile import probes
 from nativewatch.malloc_profile.attach import RUNGS, choose_rung
 from nativewatch.malloc_profile.calibrate import measure_costs
@@ -26,6 +25,9 @@ from nativewatch.malloc_profile.result import ProfileResult, Site, sort_sites
 from nativewatch.malloc_profile.state import remove_state, write_state
 from nativewatch.malloc_profile.symbolize import JAVA_UNNAMED, Symbolizer
 from nativewatch.sources.procfs import read_status
+
+if TYPE_CHECKING:
+    from nativewatch.inject.capture import InjectCapture
 
 __all__ = ["run_profile", "DEFAULT_INTERVAL"]
 
@@ -173,6 +175,10 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
     SourceUnavailable if eBPF cannot be used."""
     if duration_s <= 0:
         raise ValueError("duration must be positive")
+    # the inject package builds on this one (resolve, probes): imported when a profile runs
+    from nativewatch.inject.capture import InjectCapture
+    from nativewatch.inject.injector import go_without_cgo
+
     if via not in (None, "auto", "inject", *RUNGS):
         raise ValueError(f"unknown attach method {via!r} (one of auto, inject, {', '.join(RUNGS)})")
     pid = _thread_group(pid, proc_root)
@@ -214,25 +220,25 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
                     capture.start()
                     if capture.exec_range is not None:
                         sym.allocator_ranges = (*sym.allocator_ranges, capture.exec_range)
+                        sym.hidden_ranges = (capture.exec_range,)
                     sym.refresh()
                     if col.copies is not None:
                         sym.prepare_unwinding()
                 else:
                     probes.attach(loaded, plan)
                 break
-            except InjectRefused as exc:
-                if via == "inject":
+            except SourceUnavailable as exc:
+                if capture is None or via == "inject" or not _alive(pid, proc_root):
+                    if not _alive(pid, proc_root):
+                        raise ProcessGone(pid, "exited before the probes were attached") from None
                     raise
                 # auto: the uprobe rungs, in a fresh program (the loaded one only has report probes)
                 not_injected = f"not injected: {exc}"
+                capture.stop()  # whatever it got to: nothing stays patched
                 capture = None
                 probes.close(loaded)
                 loaded = None
                 rung = choose_rung(None)
-            except SourceUnavailable:
-                if not _alive(pid, proc_root):
-                    raise ProcessGone(pid, "exited before the probes were attached") from None
-                raise
 
         def hits() -> dict[str, int]:
             return capture.hits() if capture is not None else probes.read_hits(loaded)
@@ -266,8 +272,6 @@ def run_profile(pid: int, duration_s: float, *, mode: str = "sampled", interval_
             except ProcessGone:
                 exited = True
                 break
-            if capture is not None:
-                capture.poll()
             raw_now, _ = col.read(with_oldest=False)
             current = col.sites(raw_now, None, time.monotonic_ns())
             if sym.is_jvm and col.name_java_frames(java):
@@ -336,6 +340,9 @@ def _choose(pid: int, plan: ProbePlan, via: str | None, mode: str, allow_inject:
             proc_root: str) -> tuple[str, str]:
     """(rung, why not injected or ''). `via` None/auto: inject when allowed, sampled and safe (see
     inject/capture.py), else the best uprobe rung; `inject`: only that, or SourceUnavailable."""
+    from nativewatch.inject.capture import inject_rung, injection_allowed
+    from nativewatch.inject.injector import InjectRefused, preflight
+
     want = via or "auto"
     if want not in ("auto", "inject"):
         return choose_rung(want), ""
@@ -344,7 +351,7 @@ def _choose(pid: int, plan: ProbePlan, via: str | None, mode: str, allow_inject:
         ok, why = False, "exact mode records every call, which the uprobe path does at the same cost"
     if ok:
         try:
-            preflight(pid, plan, proc_root)
+            preflight(pid, plan, proc_root, forced=want == "inject")
         except InjectRefused as exc:
             ok, why = False, str(exc)
     if ok:

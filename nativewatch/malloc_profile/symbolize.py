@@ -73,6 +73,8 @@ class Symbolizer:
         self.proc_root = proc_root
         self.allocator_ranges = tuple(allocator_ranges)
         self.allocator_symbols = frozenset(allocator_symbols)
+        # code whose frames never show (the in-process sampler: nativewatch's own, not the program's)
+        self.hidden_ranges: tuple[tuple[int, int], ...] = ()
         self._regions: list[_Region] = []
         self._starts: list[int] = []
         self._anon_exec: list[tuple[int, int]] = []
@@ -302,6 +304,8 @@ class Symbolizer:
         frame pointers runs off into garbage); leading allocator frames are trimmed."""
         addrs: list[int] = [caller] if caller else []
         for a in stack[1:]:
+            if any(lo <= a - 1 < hi for lo, hi in self.hidden_ranges):
+                continue  # the in-process sampler's hooks: between the caller and the probe
             if addrs and a == addrs[-1]:
                 continue
             addrs.append(a)

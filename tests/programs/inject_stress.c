@@ -17,6 +17,10 @@
  *                  The allocator is not async-signal-safe: the handler allocates only when this
  *                  thread is not inside an allocator call (in_alloc), as a correct program must.
  *   "leak N"     : N blocks of 4000 bytes kept by leak_site(); replies "leaked=<bytes>"
+ *   "spawn"      : forks a child that leaks 40 blocks of 4000 bytes (leak_site) every 100 ms for 30 s,
+ *                  then exits; replies "child=<pid>"
+ *   "vfork S"    : vfork()s a child that sleeps S seconds before exiting: meanwhile this thread waits
+ *                  in the kernel where a ptrace interrupt cannot stop it; replies "vforked"
  *   "hold-loader S": sleeps S seconds inside a dl_iterate_phdr callback (the loader's lock held);
  *                  replies "held"
  *   "hold-signal S": sleeps S seconds inside a SIGUSR1 handler; replies "held"
@@ -32,7 +36,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define RING 512
@@ -268,6 +274,26 @@ int main(void)
             for (long i = 0; i < n; i++)
                 total += leak_site();
             printf("leaked=%zu\n", total);
+        } else if (sscanf(line, "vfork %d", &hold_seconds) == 1) {
+            pid_t c = vfork();
+            if (c == 0) {
+                struct timespec ts = {hold_seconds, 0};
+                syscall(SYS_nanosleep, &ts, NULL);
+                syscall(SYS_exit, 0);
+            }
+            waitpid(c, NULL, 0);
+            printf("vforked\n");
+        } else if (strncmp(line, "spawn", 5) == 0) {
+            pid_t c = fork();
+            if (c == 0) {
+                for (int i = 0; i < 300; i++) {
+                    for (int k = 0; k < 40; k++)
+                        leak_site();
+                    usleep(100000);
+                }
+                _exit(0);
+            }
+            printf("child=%d\n", (int)c);
         } else if (sscanf(line, "hold-loader %d", &hold_seconds) == 1) {
             dl_iterate_phdr(sleep_in_callback, NULL);
             printf("held\n");
