@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_malloc import MEMLEAK, Target, build_target, measure, memleak, nativewatch, no_probes  # noqa: E402
+from bench_malloc import MEMLEAK, Target, best_of, build_target, memleak, nativewatch, no_probes  # noqa: E402
 
 from nativewatch.malloc_profile.attach import supported_rungs  # noqa: E402
 
@@ -53,13 +53,8 @@ def pairs_table(args: argparse.Namespace) -> None:
     ]
     if Path(MEMLEAK).exists() and not args.preload:
         configs.append(("memleak-bpfcc (default options)", memleak, args.pairs // 10))
-    best: dict[str, float] = {}
     try:
-        for n in range(args.passes):
-            for name, ctx, pairs in configs:
-                ns = measure(t, ctx, pairs, args.rounds)
-                best[name] = min(ns, best.get(name, ns))
-                print(f"# pass {n + 1}: {name}: {ns:.1f} ns/pair", file=sys.stderr, flush=True)
+        best = best_of(t, configs, args.passes, args.rounds)
     finally:
         t.close()
     base = best[configs[0][0]]

@@ -157,6 +157,18 @@ def measure(t: Target, ctx: Callable[[Target], object], pairs: int, rounds: int)
         return statistics.median(t.run(pairs) for _ in range(rounds))
 
 
+def best_of(t: Target, configs: list[tuple[str, Callable[[Target], object], int]], passes: int,
+            rounds: int) -> dict[str, float]:
+    """Each configuration's lowest ns per pair over `passes` passes through all of them in turn."""
+    best: dict[str, float] = {}
+    for n in range(passes):
+        for name, ctx, pairs in configs:
+            ns = measure(t, ctx, pairs, rounds)
+            best[name] = min(ns, best.get(name, ns))
+            print(f"# pass {n + 1}: {name}: {ns:.1f} ns/pair", file=sys.stderr, flush=True)
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--passes", type=int, default=3)
@@ -180,13 +192,8 @@ def main() -> None:
     ]
     if not args.no_memleak and Path(MEMLEAK).exists():
         configs.append(("memleak-bpfcc (default options)", memleak, args.pairs))
-    best: dict[str, float] = {}
     try:
-        for n in range(args.passes):
-            for name, ctx, pairs in configs:
-                ns = measure(t, ctx, pairs, args.rounds)
-                best[name] = min(ns, best.get(name, ns))
-                print(f"# pass {n + 1}: {name}: {ns:.1f} ns/pair", file=sys.stderr, flush=True)
+        best = best_of(t, configs, args.passes, args.rounds)
     finally:
         t.close()
     results = [(name, best[name]) for name, _, _ in configs]

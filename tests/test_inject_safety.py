@@ -40,6 +40,15 @@ def inject_lib() -> Path:
     return build_c("inject_lib.c", name="libinject_lib.so", cflags=["-O2", "-g", "-shared", "-fPIC"])
 
 
+def bare_checksum(binary: Path, command: str) -> int:
+    """What the program's self-check sums to for `command` with no sampler anywhere near it."""
+    bare = start(binary)
+    try:
+        return truth(bare.ask(command), "checksum")
+    finally:
+        bare.stop()
+
+
 def _sampler_rss_kib(pid: int, state: int) -> tuple[int, int]:
     """(mappings of the sampler object, Rss of the sampler's state mapping in KiB)."""
     objects, rss, in_state = 0, 0, False
@@ -62,11 +71,7 @@ def test_put_in_and_taken_out_100_times_under_stress(bpf_available):
     its original value after each removal, and nothing accumulates (one mapped copy of the object,
     its tables given back)."""
     binary = stress_binary()
-    bare = start(binary)
-    try:
-        want = truth(bare.ask(STRESS), "checksum")
-    finally:
-        bare.stop()
+    want = bare_checksum(binary, STRESS)
     target = start(binary)
     sums: list[int] = []
     done = threading.Event()
@@ -118,11 +123,7 @@ def test_put_in_and_taken_out_100_times_under_stress(bpf_available):
 def test_fork_exec_dlopen_and_signal_handler_under_a_capture(bpf_available):
     binary = stress_binary()
     lib = inject_lib()
-    bare = start(binary)
-    try:
-        want_signal = truth(bare.ask("signal 100"), "checksum")
-    finally:
-        bare.stop()
+    want_signal = bare_checksum(binary, "signal 100")
     target = start(binary)
     try:
         commands = ["fork", "exec", "signal 100", f"dlopen {lib} 0", "@sleep 2.5", f"dlopen {lib} 8000", "leak 2000"]
@@ -221,11 +222,7 @@ def test_target_exiting_during_an_injected_capture_ends_cleanly(bpf_available):
 
 def test_nativewatch_sigkilled_mid_capture_target_runs_on_and_next_capture_restores(bpf_available, tmp_path):
     binary = stress_binary()
-    bare = start(binary)
-    try:
-        want = truth(bare.ask(STRESS), "checksum")
-    finally:
-        bare.stop()
+    want = bare_checksum(binary, STRESS)
     target = start(binary)
     exe = Path(sys.executable).parent / "nativewatch"
     env = {**os.environ, "NATIVEWATCH_STATE_DIR": str(tmp_path)}

@@ -359,12 +359,7 @@ def inject(pid: int, plan: ProbePlan, *, interval: int, proc_root: str = "/proc"
 
 
 def _exists(pid: int, proc_root: str) -> bool:
-    try:
-        with open(f"{proc_root}/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
-    except (OSError, ValueError):
-        return False
+    return ptrace.alive(pid, proc_root)
 
 
 def patch_new_objects(inj: Injection, plan: ProbePlan, proc_root: str = "/proc") -> int:

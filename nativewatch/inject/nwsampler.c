@@ -145,33 +145,21 @@ EXPORT void nw_release(void)
 /* The probed functions: only their entry matters (bpf/malloc_sites.c reads the arguments). Written
  * in assembly so that the first instruction is a push, which the kernel's uprobe code emulates (a bare
  * `ret` would be single-stepped out of line, ~10x the cost of the trap). */
-__asm__(".text\n"
-        ".p2align 4\n"
-        ".type nw_report_alloc, @function\n"
-        ".hidden nw_report_alloc\n"
-        "nw_report_alloc:\n"
-        ".cfi_startproc\n"
-        "push %rbp\n"
-        ".cfi_def_cfa_offset 16\n"
-        ".cfi_offset %rbp, -16\n"
-        "pop %rbp\n"
-        ".cfi_def_cfa_offset 8\n"
-        "ret\n"
-        ".cfi_endproc\n"
-        ".size nw_report_alloc, .-nw_report_alloc\n"
-        ".p2align 4\n"
-        ".type nw_report_free, @function\n"
-        ".hidden nw_report_free\n"
-        "nw_report_free:\n"
-        ".cfi_startproc\n"
-        "push %rbp\n"
-        ".cfi_def_cfa_offset 16\n"
-        ".cfi_offset %rbp, -16\n"
-        "pop %rbp\n"
-        ".cfi_def_cfa_offset 8\n"
-        "ret\n"
-        ".cfi_endproc\n"
-        ".size nw_report_free, .-nw_report_free\n");
+#define REPORT_FUNCTION(name)                \
+    ".p2align 4\n"                           \
+    ".type " #name ", @function\n"           \
+    ".hidden " #name "\n"                    \
+    #name ":\n"                              \
+    ".cfi_startproc\n"                       \
+    "push %rbp\n"                            \
+    ".cfi_def_cfa_offset 16\n"               \
+    ".cfi_offset %rbp, -16\n"                \
+    "pop %rbp\n"                             \
+    ".cfi_def_cfa_offset 8\n"                \
+    "ret\n"                                  \
+    ".cfi_endproc\n"                         \
+    ".size " #name ", .-" #name "\n"
+__asm__(".text\n" REPORT_FUNCTION(nw_report_alloc) REPORT_FUNCTION(nw_report_free));
 void nw_report_alloc(void *ptr, uint64_t size, uint64_t kind, void *caller) EXPORT;
 void nw_report_free(void *ptr, uint64_t kind) EXPORT;
 

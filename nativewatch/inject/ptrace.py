@@ -161,9 +161,10 @@ def _wait_stop(tid: int, deadline: float) -> int:
 _stragglers: set[int] = set()
 
 
-def _alive(tid: int) -> bool:
+def alive(tid: int, proc_root: str = "/proc") -> bool:
+    """The process or thread exists and is not a zombie."""
     try:
-        with open(f"/proc/{tid}/stat", "rb") as f:
+        with open(f"{proc_root}/{tid}/stat", "rb") as f:
             stat = f.read()
         return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
     except (OSError, ValueError):
@@ -183,7 +184,7 @@ def service_stragglers() -> int:
             _stragglers.discard(tid)
             continue
         if got != tid:
-            if not _alive(tid):
+            if not alive(tid):
                 _stragglers.discard(tid)
             continue
         if os.WIFSTOPPED(status):
