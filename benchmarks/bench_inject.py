@@ -11,6 +11,10 @@ turn on that same process, --passes times, each keeping its lowest pass (load fr
 adds time): no capture; nativewatch default via inject (the sampler in the process, 512 KiB);
 nativewatch default via the best uprobe rung; memleak-bpfcc (Debian's bcc tool). No cost governor.
 
+stops: how long the process is stopped, for processes of 4, 64 and 256 threads allocating in bursts
+(tests/programs/many_threads.c): --passes x (put in, take out) with the injector itself; the load stop
+(one thread, first time only) and every full stop (patch, restore), median and max.
+
 redis: Debian's redis-server (jemalloc, no frame pointers) filled with `DEBUG POPULATE N` into a
 flushed database, bare and under each capture, alternating, best of --passes. The figure is the
 ratio to bare in the same run (issue 13's target: <= 1.5x via inject).
@@ -139,6 +143,40 @@ def redis_table(args: argparse.Namespace) -> None:
         print(f"| {name} | {best[name]:.3f} | {best[name] / base:.2f} |")
 
 
+def stops_table(args: argparse.Namespace) -> None:
+    import statistics
+
+    from nativewatch.inject import injector
+    from nativewatch.malloc_profile.resolve import resolve
+
+    src = ROOT / "tests" / "programs" / "many_threads.c"
+    exe = ROOT / ".cache" / "bench" / "many_threads"
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        subprocess.run(["cc", "-O2", "-pthread", "-o", str(exe), str(src)], check=True)
+    print("\n| threads | load stop (first time) | full stops, median | full stops, max |")
+    print("|---:|---:|---:|---:|")
+    for n in (4, 64, 256):
+        proc = subprocess.Popen([str(exe), str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            plan = resolve(proc.pid)
+            load = 0.0
+            full: list[float] = []
+            for i in range(max(args.passes, 5) * 4):
+                inj = injector.inject(proc.pid, plan, interval=524288)
+                if i == 0:
+                    load = inj.load_stop_s
+                time.sleep(0.05)
+                injector.remove(inj)
+                full.extend(inj.stops_s)
+            print(f"| {n} | {load * 1000:.1f} ms | {statistics.median(full) * 1000:.1f} ms | "
+                  f"{max(full) * 1000:.1f} ms |")
+        finally:
+            proc.kill()
+            proc.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--passes", type=int, default=3)
@@ -146,12 +184,14 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=2_000_000)
     ap.add_argument("--preload", help="LD_PRELOAD this allocator into the pairs target")
     ap.add_argument("--redis-keys", type=int, default=200_000)
-    ap.add_argument("--only", choices=["pairs", "redis"])
+    ap.add_argument("--only", choices=["pairs", "stops", "redis"])
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (ptrace, uprobes)")
     if args.only in (None, "pairs"):
         pairs_table(args)
+    if args.only in (None, "stops"):
+        stops_table(args)
     if args.only in (None, "redis") and shutil.which("redis-server"):
         redis_table(args)
 
