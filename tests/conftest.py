@@ -64,6 +64,19 @@ def build_c(source: Path | str, *, name: str | None = None, cflags: list[str] | 
     return out
 
 
+def build_go(name: str, *, cgo: bool) -> Path:
+    """Build the Go program in tests/programs/NAME (module cache and build cache in .cache)."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.fail("golang-go missing: run scripts/setup.sh")
+    out = ROOT / ".cache" / "test-build" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, GOCACHE=str(ROOT / ".cache" / "gocache"), GOFLAGS="-mod=mod",
+               CGO_ENABLED="1" if cgo else "0")
+    subprocess.run([go, "build", "-o", str(out), "."], cwd=PROGRAMS / name, env=env, check=True)
+    return out
+
+
 @pytest.fixture
 def nativewatch_cli():
     """Run the real console script as a user would; returns CompletedProcess."""

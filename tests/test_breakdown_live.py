@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import PROGRAMS, ROOT, build_c
+from conftest import ROOT, build_c, build_go
 
 MIB = 1024 * 1024
 
@@ -93,13 +92,7 @@ def test_text_output_uses_readable_units(holdings, nativewatch_cli):
 
 @pytest.fixture(scope="module")
 def go_program(tmp_path_factory):
-    go = shutil.which("go")
-    if go is None:
-        pytest.fail("golang-go missing: run scripts/setup.sh")
-    out = ROOT / ".cache" / "test-build" / "goholdings"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, GOCACHE=str(ROOT / ".cache" / "gocache"), GOFLAGS="-mod=mod", CGO_ENABLED="1")
-    subprocess.run([go, "build", "-o", str(out), "."], cwd=PROGRAMS / "goholdings", env=env, check=True)
+    out = build_go("goholdings", cgo=True)
     p, line = _start([str(out), "100", "32"])
     stats = dict(kv.split("=") for kv in line.split()[2:])
     yield p.pid, {k: int(v) for k, v in stats.items()}

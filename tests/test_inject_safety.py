@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROGRAMS, ROOT, build_c
+from conftest import build_c, build_go
 from test_profile_live import profile_while, start, truth
 
 from nativewatch.errors import ProcessGone
@@ -396,13 +395,7 @@ def test_a_thread_that_cannot_be_stopped_is_let_go_when_it_can(bpf_available):
 
 
 def test_a_go_program_without_cgo_is_refused_with_the_reason(bpf_available, nativewatch_cli):
-    go = shutil.which("go")
-    if go is None:
-        pytest.fail("golang-go missing: run scripts/setup.sh")
-    out = ROOT / ".cache" / "test-build" / "gonocgo"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, GOCACHE=str(ROOT / ".cache" / "gocache"), GOFLAGS="-mod=mod", CGO_ENABLED="0")
-    subprocess.run([go, "build", "-o", str(out), "."], cwd=PROGRAMS / "gonocgo", env=env, check=True)
+    out = build_go("gonocgo", cgo=False)
     proc = subprocess.Popen([str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"

@@ -78,7 +78,6 @@ class Injection:
     how: str                         # "loaded" | "reused"
     plan: Plan
     patches: list[tuple[int, int]] = field(default_factory=list)  # (slot address, original value)
-    hooks: dict[int, int] = field(default_factory=dict)           # slot address -> hook written there
     scanned: set[tuple[str, int, int]] = field(default_factory=set)
     skip: dict[str, frozenset[str]] = field(default_factory=dict)  # object path -> functions not patched
     stops_s: list[float] = field(default_factory=list)            # every full stop, in seconds
@@ -277,7 +276,6 @@ def _apply(inj: Injection, slots: list[PlannedSlot], *, enable_with: tuple[int, 
             hook = ts.hook(s.symbol)
             ptrace.write_mem(inj.pid, s.addr, struct.pack("<Q", hook), proc_root)
             written.append((s.addr, s.value))
-            inj.hooks[s.addr] = hook
         if enable_with is not None:
             interval, exp = enable_with
             ts.write("enabled", 0)

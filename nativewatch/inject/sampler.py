@@ -164,9 +164,6 @@ class TargetSampler:
     def set_real(self, name: str, value: int) -> None:
         self._put(self.real_slot(name), value)
 
-    def real(self, name: str) -> int:
-        return self._u64(self.real_slot(name))
-
     def calls(self) -> int:
         """Hook calls so far, summed over the countdown slots (each slot's count is not atomic)."""
         n, size = self.sf.layout["nslots"], self.sf.layout["slot_size"]
